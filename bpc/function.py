@@ -1,0 +1,239 @@
+"""`bpc.function`: turn a graph into a callable for one target.
+
+The front end is shared by every target: it collects the graph (outputs and
+update values), runs the passes, validates every call's arguments before
+anything runs, and hands a `Program` to the target's backend.
+"""
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CallError, ShapeError, user_location
+from .graph.tensor import Tensor, format_shape
+from .graph.traverse import topo_sort
+from .passes import optimize as run_passes
+
+log = logging.getLogger("bpc")
+
+TARGETS = ("interpret", "cpu", "cuda")
+
+
+@dataclass
+class Program:
+    """What a backend compiles: the optimized graph of one function."""
+    inputs: list            # input leaves, in call order
+    outputs: list           # optimized output nodes
+    updates: list           # (param or state leaf, optimized new-value node)
+    name: str = "step"
+    report: list = field(default_factory=list)   # node counts after each pass
+
+    @property
+    def roots(self):
+        return list(self.outputs) + [v for _, v in self.updates]
+
+    def leaves(self, kind):
+        return [n for n in topo_sort(self.roots + [p for p, _ in self.updates]) if n.kind == kind]
+
+
+def default_target():
+    """The fastest target that works on this machine."""
+    try:
+        import numba  # noqa: F401
+        return "cpu"
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return "interpret"
+
+
+def _make_backend(target, program, options):
+    if target == "interpret":
+        from .backends.interpret import InterpretBackend
+        return InterpretBackend(program, **options)
+    if target == "cpu":
+        from .backends.cpu import CpuBackend
+        return CpuBackend(program, **options)
+    if target == "cuda":
+        from .backends.cuda import CudaBackend
+        return CudaBackend(program, **options)
+    raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+
+
+def _collect_updates(updates, roots):
+    """Explicit updates plus the automatic ones of bpc-owned state reached by
+    the graph (dropout's random counters advance every call)."""
+    if updates is None:
+        pairs = []
+    elif isinstance(updates, dict):
+        pairs = list(updates.items())
+    else:
+        pairs = list(updates)
+    seen = set()
+    checked = []
+    for target, expr in pairs:
+        if not isinstance(target, Tensor) or target.kind not in ("param", "state"):
+            raise ShapeError(f"updates: keys must be params or state, got {target!r}")
+        if target.id in seen:
+            raise ShapeError(f"updates: param '{target.name}' is updated twice")
+        seen.add(target.id)
+        if not isinstance(expr, Tensor):
+            from .ops import lift
+            expr = lift(expr, target)
+        if expr.shape != target.shape:
+            raise ShapeError(f"updates: new value for '{target.name}' has shape {format_shape(expr.shape)}, "
+                             f"the param has {format_shape(target.shape)} (built at {expr.where})")
+        if expr.dtype != target.dtype:
+            from .ops import cast
+            if expr.dtype.kind != target.dtype.kind:
+                raise ShapeError(f"updates: new value for '{target.name}' is {expr.dtype.name}, "
+                                 f"the param is {target.dtype.name}")
+            expr = cast(expr, target.dtype)
+        checked.append((target, expr))
+    for node in topo_sort(list(roots) + [e for _, e in checked]):
+        auto = getattr(node, "auto_update", None)
+        if auto is not None and node.id not in seen:
+            seen.add(node.id)
+            checked.append((node, auto))
+    return checked
+
+
+class Function:
+    """A compiled (or interpreted) function of a graph. Call it with NumPy
+    arrays, positionally or by input name; it returns NumPy arrays."""
+
+    def __init__(self, inputs, outputs, updates=None, target=None, optimize=True,
+                 check_numerics=False, name="step", **options):
+        if isinstance(inputs, Tensor):
+            inputs = [inputs]
+        self.inputs = list(inputs)
+        for t in self.inputs:
+            if not isinstance(t, Tensor) or t.kind != "input":
+                raise ShapeError(f"function inputs must be bpc.input tensors, got {t!r}")
+        if len({t.name for t in self.inputs}) != len(self.inputs):
+            raise ShapeError("function inputs must have distinct names")
+        self._single = isinstance(outputs, Tensor)
+        outs = [outputs] if self._single else list(outputs or [])
+        for o in outs:
+            if not isinstance(o, Tensor):
+                raise ShapeError(f"function outputs must be bpc tensors, got {type(o).__name__}")
+        self.outputs = outs
+        update_pairs = _collect_updates(updates, outs)
+        self.updates = update_pairs
+        self.target = target or default_target()
+        self.check_numerics = check_numerics
+        self.where = user_location()
+
+        roots = outs + [e for _, e in update_pairs]
+        self._check_closed(roots)
+        if optimize:
+            new_roots, report = run_passes(roots)
+        else:
+            new_roots, report = roots, [("input", len(topo_sort(roots)))]
+        self.program = Program(self.inputs, new_roots[:len(outs)],
+                               [(p, e) for (p, _), e in zip(update_pairs, new_roots[len(outs):])],
+                               name=name, report=report)
+        self._batched = [i for i, t in enumerate(self.inputs) if None in t.shape]
+        if any(None in n.shape for n in topo_sort(roots)) and not self._batched:
+            raise ShapeError("the graph has a batch dimension (None) but no input carries one")
+        self._labels = [(i, t.attrs["label_depth"]) for i, t in enumerate(self.inputs)
+                        if "label_depth" in t.attrs]
+        self.backend = _make_backend(self.target, self.program, options)
+
+    def _check_closed(self, roots):
+        fed = {t.id for t in self.inputs}
+        for n in topo_sort(roots):
+            if n.kind == "input" and n.id not in fed:
+                raise ShapeError(f"the graph needs input '{n.name}' (declared at {n.where}), "
+                                 f"which is not among the function's inputs "
+                                 f"[{', '.join(t.name for t in self.inputs)}]")
+
+    # ----- calling ----------------------------------------------------------------
+    def _bind(self, args, kwargs):
+        if len(args) > len(self.inputs):
+            raise CallError(f"{self._sig()} takes {len(self.inputs)} arguments, got {len(args)}")
+        bound = list(args) + [None] * (len(self.inputs) - len(args))
+        names = {t.name: i for i, t in enumerate(self.inputs)}
+        for key, val in kwargs.items():
+            if key not in names:
+                raise CallError(f"{self._sig()} got an unexpected argument '{key}'")
+            if names[key] < len(args):
+                raise CallError(f"{self._sig()} got two values for '{key}'")
+            bound[names[key]] = val
+        missing = [self.inputs[i].name for i, v in enumerate(bound) if v is None]
+        if missing:
+            raise CallError(f"{self._sig()} is missing {', '.join(repr(m) for m in missing)}")
+        return bound
+
+    def _sig(self):
+        return f"function({', '.join(t.name for t in self.inputs)}) [built at {self.where}]"
+
+    def _validate(self, bound):
+        arrays, batch = [], None
+        for t, v in zip(self.inputs, bound):
+            arr = np.asarray(v)
+            if arr.dtype.kind not in "biuf":
+                raise CallError(f"input '{t.name}': expected {t.dtype.name} numbers, got {arr.dtype}")
+            if arr.dtype != t.dtype:
+                if not np.can_cast(arr.dtype, t.dtype, casting="same_kind") or (
+                        t.dtype.kind in "iu" and arr.dtype.kind == "f"):
+                    raise CallError(f"input '{t.name}': expected {t.dtype.name}, got {arr.dtype} "
+                                    f"(which would lose information)")
+                arr = arr.astype(t.dtype)
+            if arr.ndim != len(t.shape):
+                raise CallError(f"input '{t.name}': expected a {len(t.shape)}-d array of shape "
+                                f"{format_shape(t.shape)}, got shape {arr.shape}")
+            for axis, (want, got) in enumerate(zip(t.shape, arr.shape)):
+                if want is None:
+                    if batch is None:
+                        batch = got
+                    elif got != batch:
+                        raise CallError(f"input '{t.name}': batch dimension (axis {axis}) is {got}, "
+                                        f"but an earlier input has batch size {batch}")
+                elif want != got:
+                    raise CallError(f"input '{t.name}': axis {axis} must be {want}, got {got} "
+                                    f"(expected shape {format_shape(t.shape)}, got {arr.shape})")
+            arrays.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
+        if batch == 0:
+            raise CallError("empty batch: inputs have 0 rows")
+        for i, depth in self._labels:
+            a = arrays[i]
+            if a.size and (a.min() < 0 or a.max() >= depth):
+                bad = a[(a < 0) | (a >= depth)][0]
+                raise CallError(f"input '{self.inputs[i].name}': label {bad} is outside [0, {depth})")
+        return arrays, (1 if batch is None else batch)
+
+    def __call__(self, *args, **kwargs):
+        arrays, batch = self._validate(self._bind(args, kwargs))
+        if self.check_numerics:
+            return self._call_checked(arrays, batch)
+        outs = self.backend(arrays, batch)
+        return outs[0] if self._single else outs
+
+    def _call_checked(self, arrays, batch):
+        before = {p.id: np.array(p.value) for p, _ in self.program.updates}
+        outs = self.backend(arrays, batch)
+        if all(np.all(np.isfinite(o)) for o in outs if o.dtype.kind == "f"):
+            return outs[0] if self._single else outs
+        # Re-run op by op on the pre-step values to name the first bad node.
+        from .backends.interpret import first_nonfinite
+        node = first_nonfinite(self.program, arrays, batch, before)
+        where = f"'{node.name}' ({node.op.name if node.op else node.kind}, built at {node.where})" \
+            if node is not None else "an unknown node"
+        raise FloatingPointError(f"non-finite value (NaN or Inf) first produced by {where}")
+
+    # ----- introspection ----------------------------------------------------------
+    @property
+    def source(self):
+        """Generated source code (compiled targets)."""
+        return getattr(self.backend, "source", None)
+
+    def __repr__(self):
+        return f"<bpc.Function {self._sig()} target={self.target}>"
+
+
+def function(inputs, outputs, updates=None, target=None, **options):
+    """Compile `outputs` (a tensor or list) as a function of `inputs`.
+
+    `updates` maps params (or state) to new-value expressions, written after
+    the outputs are computed. `target` is "interpret", "cpu" or "cuda"
+    (default: the fastest available). Returns a `Function`."""
+    return Function(inputs, outputs, updates, target, **options)

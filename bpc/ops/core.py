@@ -1,0 +1,128 @@
+"""`Op`: one definition per operation, read by every stage of bpc.
+
+An op bundles, side by side:
+  * `infer(inputs, attrs) -> (shape, dtype)`: the shape/dtype rule, run when
+    a node is built (errors become `ShapeError` naming the user's line);
+  * `numpy(attrs, out_shape, *arrays)`: the NumPy reference the interpreter
+    runs and every compiled target is checked against;
+  * `grad(node, g) -> tuple`: the gradient rule, written with bpc ops, one
+    entry per input (None where no gradient flows);
+  * `scalar(k, *args) -> str` for elementwise ops: the per-element formula
+    as Python source, shared by the CPU loop bodies and the CUDA kernels.
+
+`kind` tells the passes and code generators how the op iterates:
+"elementwise", "reduce" (over `attrs['axis']`), or "other".
+"""
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph.tensor import Tensor, constant, format_shape, FLOAT_DTYPES
+
+OPS = {}
+
+
+class Op:
+    def __init__(self, name, kind, infer, numpy, grad=None, scalar=None, doc=""):
+        if name in OPS:
+            raise ValueError(f"op {name!r} is defined twice")
+        self.name = name
+        self.kind = kind
+        self.infer = infer
+        self.numpy = numpy
+        self.grad = grad
+        self.scalar = scalar
+        self.__doc__ = doc
+        OPS[name] = self
+
+    def __repr__(self):
+        return f"<bpc op {self.name}>"
+
+    def __call__(self, *inputs, name=None, **attrs):
+        return apply(self, inputs, attrs, name)
+
+
+def apply(op, inputs, attrs, name=None):
+    """Build the node `op(*inputs, **attrs)` after checking shapes and dtypes."""
+    for i in inputs:
+        if not isinstance(i, Tensor):
+            raise TypeError(f"{op.name}: expected bpc tensors, got {type(i).__name__}")
+    try:
+        shape, dtype = op.infer(inputs, attrs)
+    except ShapeError as e:
+        operands = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" for i in inputs)
+        from ..errors import user_location
+        raise ShapeError(f"{op.name}: {e} [operands: {operands or 'none'}] at {user_location()}") from None
+    return Tensor("op", shape, np.dtype(dtype), name=name, op=op, inputs=inputs, attrs=attrs)
+
+
+# ----- helpers shared by the op definitions ---------------------------------
+
+def lift(x, like=None):
+    """Turn Python scalars and NumPy arrays into constants. A non-tensor takes
+    the float dtype of the tensor it is combined with (so `x * 0.5` stays
+    float32), as in NumPy 2's rules for Python scalars."""
+    if isinstance(x, Tensor):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"cannot use {type(x).__name__} {x!r} in a bpc graph")
+    if like is not None and like.dtype.kind == "f" and arr.dtype.kind in "biuf":
+        return constant(arr, dtype=like.dtype)
+    if like is not None and like.dtype.kind in "iu" and arr.dtype.kind in "biu":
+        return constant(arr, dtype=like.dtype)
+    return constant(arr)
+
+
+def broadcast_shapes(*shapes):
+    """NumPy broadcasting where `None` is the (unknown) batch size: None
+    broadcasts with 1 and with None, and never with another size."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for axis in range(ndim):
+        dims = {s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0}
+        dims.discard(1)
+        if not dims:
+            out.append(1)
+        elif len(dims) == 1:
+            out.append(dims.pop())
+        else:
+            raise ShapeError("shapes " + " and ".join(format_shape(s) for s in shapes)
+                             + " cannot be broadcast together"
+                             + (" (N, the batch size, matches only N or 1)" if None in dims else ""))
+    return tuple(out)
+
+
+def result_dtype(*dtypes):
+    """Floats win over ints; the wider of two floats (or ints) wins."""
+    floats = [d for d in dtypes if d.kind == "f"]
+    pool = floats or list(dtypes)
+    out = pool[0]
+    for d in pool[1:]:
+        out = np.promote_types(out, d)
+    return np.dtype(out)
+
+
+def normalize_axes(axis, ndim, opname="op"):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+            raise ShapeError(f"axis {axis!r} is out of range for a {ndim}-d tensor")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def require_float(inputs, opname):
+    for i in inputs:
+        if i.dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"expects floating-point operands, '{i.name}' is {i.dtype.name} "
+                             f"(use bpc.cast(x, 'float32'))")
+
+
+def resolve(shape, batch):
+    """Concrete shape for a run with batch size `batch`."""
+    return tuple(batch if d is None else d for d in shape)

@@ -1,0 +1,220 @@
+"""Reductions, shape ops and matrix products."""
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph.tensor import as_shape, format_shape
+from .core import Op, lift, normalize_axes, require_float
+from .elementwise import mul, div, equal, cast
+
+
+# ----- reductions --------------------------------------------------------------
+
+def _reduce_infer(out_int=False):
+    def infer(inputs, attrs):
+        (x,) = inputs
+        axes, keep = attrs["axis"], attrs["keepdims"]
+        if keep:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return shape, (np.dtype("int64") if out_int else x.dtype)
+    return infer
+
+
+def _keepdims_shape(n):
+    x = n.inputs[0]
+    return tuple(1 if i in n.attrs["axis"] else d for i, d in enumerate(x.shape))
+
+
+def _expand(g, n):
+    """The gradient of a reduction, reshaped so it broadcasts against the input."""
+    return g if n.attrs["keepdims"] else reshape(g, _keepdims_shape(n))
+
+
+def _np_reduce(fn):
+    return lambda attrs, shape, x: fn(x, axis=attrs["axis"], keepdims=attrs["keepdims"])
+
+
+_sum = Op("sum", "reduce", _reduce_infer(), _np_reduce(np.sum),
+          lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape),))
+_mean = Op("mean", "reduce", _reduce_infer(), _np_reduce(np.mean),
+           lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape)
+                         / size_of(n.inputs[0], n.attrs["axis"]),))
+# The gradient of max goes to every element equal to the maximum.
+_max = Op("max", "reduce", _reduce_infer(), _np_reduce(np.max),
+          lambda n, g: (_expand(g, n) * equal(n.inputs[0], _expand(n, n)),))
+_argmax = Op("argmax", "reduce", _reduce_infer(out_int=True),
+             lambda attrs, shape, x: np.argmax(x, axis=attrs["axis"][0], keepdims=attrs["keepdims"]),
+             None)
+
+
+def _reduction(op, x, axis, keepdims):
+    x = lift(x)
+    axes = normalize_axes(axis, x.ndim)
+    return op(x, axis=axes, keepdims=bool(keepdims))
+
+
+def sum(x, axis=None, keepdims=False):
+    """Sum over `axis` (an int, a tuple, or None for all axes)."""
+    return _reduction(_sum, x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    """Mean over `axis` (an int, a tuple, or None for all axes)."""
+    x = lift(x)
+    require_float([x], "mean")
+    return _reduction(_mean, x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False):
+    """Maximum over `axis`; the gradient flows to the maximal elements."""
+    return _reduction(_max, x, axis, keepdims)
+
+
+def argmax(x, axis=-1, keepdims=False):
+    """Index of the maximum along one axis (int64; no gradient)."""
+    x = lift(x)
+    if not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"argmax: axis must be one int, got {axis!r}")
+    return _reduction(_argmax, x, axis, keepdims)
+
+
+_size_of = Op("size_of", "other",
+              lambda inputs, attrs: ((), inputs[0].dtype if inputs[0].dtype.kind == "f" else np.dtype("float32")),
+              lambda attrs, shape, x: np.array(np.prod([x.shape[a] for a in attrs["axis"]]),
+                                               dtype=x.dtype if x.dtype.kind == "f" else np.float32),
+              lambda n, g: (None,))
+
+
+def size_of(x, axis=None):
+    """The number of elements of x along `axis` as a scalar (known only at run
+    time when the batch dimension is among them)."""
+    return _size_of(x, axis=normalize_axes(axis, x.ndim))
+
+
+# ----- shape ops ---------------------------------------------------------------
+
+def _transpose_infer(inputs, attrs):
+    (x,) = inputs
+    perm = attrs["axes"]
+    if sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"axes {perm} are not a permutation of {x.ndim} axes")
+    return tuple(x.shape[a] for a in perm), x.dtype
+
+
+_transpose = Op("transpose", "other", _transpose_infer,
+                lambda attrs, shape, x: np.transpose(x, attrs["axes"]),
+                lambda n, g: (transpose(g, tuple(np.argsort(n.attrs["axes"]).tolist())),))
+
+
+def transpose(x, axes=None):
+    """Permute axes (reverse them by default, as `.T` does)."""
+    x = lift(x)
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    if axes == tuple(range(x.ndim)):
+        return x
+    return _transpose(x, axes=axes)
+
+
+def _static_size(shape):
+    return int(np.prod([d for d in shape if d is not None], dtype=np.int64))
+
+
+def _reshape_infer(inputs, attrs):
+    (x,) = inputs
+    target = list(attrs["shape"])
+    if target.count(-1) > 1:
+        raise ShapeError(f"can only infer one dimension (-1) in {attrs['shape']}")
+    if (None in x.shape) != (None in target):
+        raise ShapeError(f"cannot reshape {format_shape(x.shape)} to {attrs['shape']}: the batch "
+                         "dimension (None) must appear in both or in neither")
+    have = _static_size(x.shape)
+    known = _static_size([d for d in target if d != -1])
+    if -1 in target:
+        if known == 0 or have % known:
+            raise ShapeError(f"cannot reshape {format_shape(x.shape)} to {attrs['shape']}")
+        target[target.index(-1)] = have // known
+    elif known != have:
+        raise ShapeError(f"cannot reshape {format_shape(x.shape)} to {attrs['shape']}: "
+                         f"{have} elements{' per batch row' if None in x.shape else ''} vs {known}")
+    return tuple(target), x.dtype
+
+
+_reshape = Op("reshape", "other", _reshape_infer,
+              lambda attrs, shape, x: x.reshape(shape),
+              lambda n, g: (reshape(g, n.inputs[0].shape),))
+
+
+def reshape(x, shape):
+    """Reshape; `None` stands for the batch dimension and -1 is inferred."""
+    x = lift(x)
+    if isinstance(shape, (int, np.integer)) or shape is None:
+        shape = (shape,)
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if shape == x.shape:
+        return x
+    out = _reshape(x, shape=shape)
+    return out
+
+
+def _broadcast_infer(inputs, attrs):
+    (x,) = inputs
+    target = attrs["shape"]
+    if len(target) < x.ndim:
+        raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to fewer dimensions {format_shape(target)}")
+    for d, t in zip(reversed(x.shape), reversed(target)):
+        if d != t and d != 1:
+            raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(target)}")
+    return target, x.dtype
+
+
+_broadcast_to = Op("broadcast_to", "elementwise", _broadcast_infer,
+                   lambda attrs, shape, x: np.broadcast_to(x, shape),
+                   lambda n, g: (sum_to(g, n.inputs[0].shape),),
+                   lambda k, a: a)
+
+
+def broadcast_to(x, shape):
+    """Repeat x along broadcast dimensions to `shape` (None = batch)."""
+    x = lift(x)
+    shape = as_shape(shape)
+    return x if shape == x.shape else _broadcast_to(x, shape=shape)
+
+
+def sum_to(g, shape):
+    """Sum a broadcast gradient back down to `shape` (the reverse of broadcasting)."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and g.shape[lead + i] != 1)
+    out = sum(g, axes, keepdims=True) if axes else g
+    return reshape(out, shape)
+
+
+# ----- matrix product ------------------------------------------------------------
+
+def _matmul_infer(inputs, attrs):
+    a, b = inputs
+    require_float(inputs, "matmul")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError("expects 2-d operands (use reshape for vectors)")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError(f"inner dimensions differ: {format_shape(a.shape)} @ {format_shape(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ShapeError(f"operands have different dtypes {a.dtype.name} and {b.dtype.name}")
+    return (a.shape[0], b.shape[1]), a.dtype
+
+
+_matmul = Op("matmul", "other", _matmul_infer,
+             lambda attrs, shape, a, b: a @ b,
+             lambda n, g: (matmul(g, transpose(n.inputs[1])), matmul(transpose(n.inputs[0]), g)))
+
+
+def matmul(a, b):
+    """Matrix product of 2-d tensors (`a @ b`)."""
+    a, b = lift(a), lift(b)
+    if a.dtype != b.dtype and a.dtype.kind == b.dtype.kind == "f":
+        wide = np.promote_types(a.dtype, b.dtype)
+        a, b = cast(a, wide), cast(b, wide)
+    return _matmul(a, b)
