@@ -38,11 +38,10 @@ class Program:
 
 def default_target():
     """The fastest target that works on this machine."""
-    try:
-        import numba  # noqa: F401
+    import importlib.util
+    if importlib.util.find_spec("bpc.backends.cpu") is not None:
         return "cpu"
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return "interpret"
+    return "interpret"
 
 
 def _make_backend(target, program, options):
