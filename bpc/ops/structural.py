@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph.tensor import as_shape, format_shape
+from ..graph.tensor import Tensor, as_shape, format_shape
 from .core import Op, lift, normalize_axes, require_float
 from .elementwise import mul, div, equal, cast
 
@@ -110,7 +110,10 @@ _transpose = Op("transpose", "other", _transpose_infer,
 def transpose(x, axes=None):
     """Permute axes (reverse them by default, as `.T` does)."""
     x = lift(x)
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    # Negative axes count from the end; out-of-range ones are left for the
+    # shape rule to reject (a modulo would silently wrap them).
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(
+        int(a) + x.ndim if int(a) < 0 else int(a) for a in axes)
     if axes == tuple(range(x.ndim)):
         return x
     return _transpose(x, axes=axes)
@@ -212,8 +215,11 @@ _matmul = Op("matmul", "other", _matmul_infer,
 
 
 def matmul(a, b):
-    """Matrix product of 2-d tensors (`a @ b`)."""
-    a, b = lift(a), lift(b)
+    """Matrix product of 2-d tensors (`a @ b`). A NumPy operand takes the
+    other operand's float dtype, as in the elementwise ops (so `x @ array`
+    stays float32 in a float32 graph)."""
+    a = lift(a, b if isinstance(b, Tensor) else None)
+    b = lift(b, a)
     if a.dtype != b.dtype and a.dtype.kind == b.dtype.kind == "f":
         wide = np.promote_types(a.dtype, b.dtype)
         a, b = cast(a, wide), cast(b, wide)

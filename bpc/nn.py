@@ -1,0 +1,237 @@
+"""Layers built on bpc's graph API: Dense, Dropout, Sequential.
+
+A layer (a `Module`) holds parameters and builds graph nodes when called:
+`layer(x, training)` returns the output tensor for input tensor `x`.
+Calling a model with `training=False` builds its inference graph (dropout is
+the identity) and with `training=True` its training graph; both share the
+same parameters. `model.predict(X)` compiles the inference graph once per
+target and runs it on NumPy data.
+
+    model = bpc.nn.Sequential([
+        bpc.nn.Dense(64, 64, "relu", seed=0),
+        bpc.nn.Dropout(0.1, seed=1),
+        bpc.nn.Dense(64, 10, seed=2),
+    ])
+    logits = model(x, training=True)
+"""
+
+import numpy as np
+
+from . import ops
+from .errors import ShapeError
+from .function import function
+from .graph.tensor import Tensor, input, param, state, format_shape
+from .graph.traverse import topo_sort
+from .optim import global_square_norm
+
+ACTIVATIONS = {
+    None: None, "linear": None,
+    "relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "leaky_relu": ops.leaky_relu,
+    "softplus": ops.softplus, "softmax": ops.softmax, "log_softmax": ops.log_softmax,
+}
+
+_counters = {}
+
+
+def _default_name(prefix):
+    _counters[prefix] = _counters.get(prefix, 0) + 1
+    return f"{prefix}_{_counters[prefix]}"
+
+
+def _check_name(name, prefix):
+    if name is None:
+        return _default_name(prefix)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{prefix}: name must be a Python identifier (it prefixes parameter names), "
+                         f"got {name!r}")
+    return name
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses implement `__call__(x, training=False) -> Tensor` and, when
+    they hold tensors, `named_params()` / `named_state()`: dicts keyed by a
+    name that is stable across rebuilds of the same architecture (used by
+    checkpoints)."""
+
+    name = "module"
+
+    def __call__(self, x, training=False):
+        raise NotImplementedError
+
+    def logits(self, x, training=False):
+        """The model's output for input tensor `x`: its training graph when
+        `training`, else its inference graph (what a loss takes: logits for
+        the classification losses)."""
+        return self(x, training=training)
+
+    def named_params(self):
+        """Trainable parameters keyed by a stable name."""
+        return {}
+
+    def named_state(self):
+        """Non-trainable `bpc.state` buffers (dropout counters) keyed by a stable name."""
+        return {}
+
+    @property
+    def params(self):
+        """The trainable parameters (`bpc.param` tensors), in a fixed order."""
+        return list(self.named_params().values())
+
+    @property
+    def state(self):
+        """The non-trainable state buffers the model's training graph updates."""
+        return list(self.named_state().values())
+
+    @property
+    def dtype(self):
+        """The float dtype of the parameters (float32 if there are none)."""
+        ps = self.params
+        return ps[0].dtype if ps else np.dtype("float32")
+
+    def predict(self, X, batch_size=1024, target=None):
+        """The inference-mode output for NumPy inputs `X`, computed in chunks
+        of `batch_size` rows by a function compiled once per target."""
+        X = np.asarray(X)
+        if X.ndim < 1 or len(X) == 0:
+            raise ValueError(f"{self.name}.predict: X must have at least one row, got shape {X.shape}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"{self.name}.predict: batch_size must be a positive int, got {batch_size!r}")
+        cache = self.__dict__.setdefault("_predict_fns", {})
+        key = (target, X.shape[1:])
+        if key not in cache:
+            x = input("x", (None,) + X.shape[1:], dtype=self.dtype)
+            cache[key] = function([x], self(x, training=False), target=target, name="predict")
+        fn = cache[key]
+        X = X.astype(self.dtype, copy=False)
+        return np.concatenate([fn(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
+
+    def __repr__(self):
+        return f"<bpc.nn.{type(self).__name__} {self.name}>"
+
+
+class Dense(Module):
+    """A fully connected layer: activation(x @ W + b).
+
+    `activation` is None (linear), a name in `bpc.nn.ACTIVATIONS` or a
+    callable on tensors. `init` names the weight initializer (default:
+    "he_normal" for relu-like activations, "glorot_uniform" otherwise); the
+    bias starts at zero. Parameters are named `<name>_W` and `<name>_b`."""
+
+    def __init__(self, in_features, out_features, activation=None, init=None, bias=True, seed=None,
+                 name=None, dtype="float32"):
+        for label, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"Dense: {label} must be a positive int, got {n!r}")
+        self.name = _check_name(name, "dense")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = self._activation(activation)
+        if init is None:
+            init = "he_normal" if activation in ("relu", "leaky_relu") else "glorot_uniform"
+        self.W = param(f"{self.name}_W", (self.in_features, self.out_features), init=init, seed=seed,
+                       dtype=dtype)
+        self.b = param(f"{self.name}_b", (self.out_features,), init="zeros", dtype=dtype) if bias else None
+
+    def _activation(self, activation):
+        if callable(activation):
+            return activation
+        if isinstance(activation, str) or activation is None:
+            if activation in ACTIVATIONS:
+                return ACTIVATIONS[activation]
+        names = ", ".join(repr(k) for k in ACTIVATIONS if k is not None)
+        raise ValueError(f"Dense '{self.name}': unknown activation {activation!r}; expected None, "
+                         f"one of {names}, or a callable")
+
+    def __call__(self, x, training=False):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Dense '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ShapeError(f"Dense '{self.name}' expects a (batch, {self.in_features}) input, "
+                             f"got '{x.name}' of shape {format_shape(x.shape)}")
+        out = x @ self.W
+        if self.b is not None:
+            out = out + self.b
+        return out if self.activation is None else self.activation(out)
+
+    def named_params(self):
+        return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
+
+
+class Dropout(Module):
+    """Dropout (`bpc.dropout`): during training, zero each element with
+    probability `rate` and scale the rest by 1/(1-rate); the identity at
+    inference. Masks come from a counter-based generator seeded by `seed`;
+    the counter advances after every call of a compiled training step, and
+    the layer owns it, so a rebuilt training graph continues the same mask
+    sequence and checkpoints save it (key "counter")."""
+
+    def __init__(self, rate, seed=0, name=None):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"Dropout: seed must be an int, got {seed!r}")
+        self.name = _check_name(name, "dropout")
+        self.rate, self.seed = float(rate), int(seed)
+        # Stands in for the counter until a training graph exists, so a
+        # checkpoint can be loaded before the graph is built.
+        self._counter = state(f"{self.name}_counter", np.int64(0))
+
+    def __call__(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return ops.dropout(x, self.rate, self.seed, training=False)
+        before = {n.id for n in topo_sort([x])}
+        out = ops.dropout(x, self.rate, self.seed, training=True)
+        # bpc.dropout makes its own counter; adopt it, continuing from ours.
+        made = [n for n in topo_sort([out]) if n.kind == "state" and n.id not in before
+                and getattr(n, "auto_update", None) is not None]
+        if len(made) != 1:
+            raise RuntimeError(f"Dropout '{self.name}': expected bpc.dropout to create one counter, "
+                               f"found {len(made)}")
+        made[0].value = self._counter.value
+        self._counter = made[0]
+        return out
+
+    def named_state(self):
+        return {"counter": self._counter}
+
+
+class Sequential(Module):
+    """Layers applied in order. Items are Modules or plain functions of one
+    tensor (e.g. `bpc.relu`). Parameter keys are "<index>.<key>"."""
+
+    def __init__(self, layers, name=None):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential: needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, not a Module or function")
+        self.name = _check_name(name, "sequential")
+        self.layers = layers
+
+    def __call__(self, x, training=False):
+        for layer in self.layers:
+            x = layer(x, training=training) if isinstance(layer, Module) else layer(x)
+        return x
+
+    def _named(self, method):
+        return {f"{i}.{k}": t for i, layer in enumerate(self.layers) if isinstance(layer, Module)
+                for k, t in getattr(layer, method)().items()}
+
+    def named_params(self):
+        return self._named("named_params")
+
+    def named_state(self):
+        return self._named("named_state")
+
+
+def l2_penalty(params, coeff):
+    """coeff * (sum of the squares of every parameter element): add it to a
+    loss for L2 regularization (its gradient is 2 coeff p)."""
+    params = [params] if isinstance(params, Tensor) else list(params)
+    if not params:
+        raise ValueError("l2_penalty: no parameters given")
+    if isinstance(coeff, bool) or not isinstance(coeff, (int, float, np.number)) or not coeff >= 0:
+        raise ValueError(f"l2_penalty: coeff must be a non-negative number, got {coeff!r}")
+    return float(coeff) * global_square_norm(params)

@@ -1,0 +1,307 @@
+"""Fusion and scheduling: from an optimized graph to a list of kernels.
+
+Shared by the code generators (CPU and CUDA), which only decide how each
+kernel is written, never what it contains:
+
+* `loop` kernels: a maximal set of elementwise nodes over one iteration
+  shape, optionally ending in reductions over one set of axes (the bias
+  gradient's column sum, a softmax row sum). Inputs of other shapes are read
+  with broadcast indexing; members used outside the kernel are stored.
+* `matmul`: a BLAS call; transposed operands are passed as views.
+* `view`: transpose and reshape, which alias their input's buffer.
+* `random`, `size_of`, `argmax`: small dedicated loops.
+
+Then: kernels are ordered (updates written in place into the parameter when
+nothing later reads its old value), and buffers are assigned so that
+intermediates whose lifetimes do not overlap share memory.
+"""
+from dataclasses import dataclass, field
+
+from ..graph.traverse import topo_sort, consumers
+
+LOOP_OPS_OTHER = {"random_uniform": "random", "size_of": "size_of", "argmax": "argmax",
+                  "matmul": "matmul", "transpose": "view", "reshape": "view"}
+
+
+@dataclass
+class Kernel:
+    kind: str                       # loop | matmul | view | random | size_of | argmax
+    nodes: list                     # members in execution order
+    shape: tuple = ()               # iteration shape (loop kernels)
+    axes: tuple = ()                # reduced axes (loop kernels with reductions)
+    stores: list = field(default_factory=list)   # members whose values leave the kernel
+    reads: list = field(default_factory=list)    # nodes read from outside
+    name: str = ""
+
+    @property
+    def node(self):
+        return self.nodes[0]
+
+    def describe(self):
+        ops = ", ".join(n.op.name for n in self.nodes)
+        return f"{self.name}: {self.kind} [{ops}]"
+
+
+@dataclass
+class Plan:
+    kernels: list
+    roots: list                     # program outputs and update values
+    in_place: dict                  # update-value node id -> param written directly
+    copies: list                    # (param, node) written after everything else
+    buffers: dict                   # node id -> buffer index (materialized intermediates)
+    buffer_specs: list              # buffer index -> (symbolic shape, dtype)
+    inline: dict                    # node id -> scalar constant value inlined into code
+
+    def kernel_of(self):
+        """node id -> kernel name, for drawing fused kernels."""
+        return {n.id: k.name for k in self.kernels for n in k.nodes}
+
+
+def is_loop_node(n):
+    return n.op is not None and n.op.kind in ("elementwise", "reduce") and n.op.name not in LOOP_OPS_OTHER
+
+
+class _Groups:
+    """Union-find over loop groups, with each node's set of groups it
+    (transitively) depends on, to keep the kernel graph acyclic."""
+
+    def __init__(self):
+        self.parent = []
+        self.shape, self.axes, self.members = [], [], []
+
+    def find(self, g):
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def new(self, shape, axes):
+        self.parent.append(len(self.parent))
+        self.shape.append(shape)
+        self.axes.append(axes)
+        self.members.append([])
+        return len(self.parent) - 1
+
+
+def _plan_groups(order):
+    groups = _Groups()
+    group_of = {}     # node id -> group (raw id, resolve with find)
+    deps = {}         # node id -> set of raw group ids it depends on (incl. its own)
+
+    def dep_roots(nid):
+        return {groups.find(g) for g in deps[nid]}
+
+    def legal(cands, n):
+        """Can the groups `cands` and node n form one kernel without a cycle?
+        A cycle exists iff some input read from outside depends on them."""
+        members = [m for c in cands for m in groups.members[c]] + [n]
+        member_ids = {m.id for m in members}
+        for m in members:
+            for i in m.inputs:
+                if i.id in member_ids:
+                    # A reduction's result exists only after its loop nest.
+                    if i.op.kind == "reduce":
+                        return False
+                elif i.id in deps and dep_roots(i.id) & cands:
+                    return False
+        return True
+
+    def join(cands, n, axes):
+        target = min(cands)
+        for c in cands:
+            if c != target:
+                groups.parent[c] = target
+                groups.members[target].extend(groups.members[c])
+                groups.members[c] = []
+        groups.members[target].append(n)
+        if axes is not None:
+            groups.axes[target] = axes
+        return target
+
+    for n in order:
+        in_deps = set()
+        for i in n.inputs:
+            in_deps |= deps.get(i.id, set())
+        if not is_loop_node(n):
+            deps[n.id] = in_deps
+            continue
+        reduce_axes = n.attrs["axis"] if n.op.kind == "reduce" else None
+        shape = n.inputs[0].shape if reduce_axes is not None else n.shape
+        if reduce_axes is not None:
+            pool = [n.inputs[0]]
+        else:
+            pool = n.inputs
+        cands = set()
+        for i in pool:
+            if i.id in group_of:
+                g = groups.find(group_of[i.id])
+                if groups.shape[g] == shape and (reduce_axes is None or groups.axes[g] in ((), reduce_axes)):
+                    cands.add(g)
+        # Two groups with different reductions cannot share a loop nest.
+        if len({groups.axes[c] for c in cands} - {()}) > 1:
+            cands = {max(cands, key=lambda c: len(groups.members[c]))}
+        chosen = None
+        if cands and legal(cands, n):
+            chosen = join(cands, n, reduce_axes)
+        else:
+            for c in sorted(cands, key=lambda c: -len(groups.members[c])):
+                if legal({c}, n):
+                    chosen = join({c}, n, reduce_axes)
+                    break
+        if chosen is None:
+            chosen = groups.new(shape, reduce_axes or ())
+            groups.members[chosen].append(n)
+        group_of[n.id] = chosen
+        deps[n.id] = in_deps | {chosen}
+    return groups, group_of
+
+
+def plan(program):
+    """Turn a `Program` into kernels, an order, in-place updates and buffers."""
+    roots = program.roots
+    order = topo_sort(roots)
+    position = {n.id: k for k, n in enumerate(order)}
+    users = consumers(order)
+    root_ids = {r.id for r in roots}
+    inline = {n.id: n._value.reshape(()).item() for n in order
+              if n.kind == "constant" and n._value.size == 1 and n.shape == ()}
+
+    groups, group_of = _plan_groups(order)
+    kernels, kernel_of_node = [], {}
+    seen_groups = {}
+    for n in order:
+        if n.op is None:
+            continue
+        if n.id in group_of:
+            g = groups.find(group_of[n.id])
+            if g in seen_groups:
+                continue
+            members = sorted(groups.members[g], key=lambda m: position[m.id])
+            k = Kernel("loop", members, groups.shape[g], groups.axes[g])
+            seen_groups[g] = k
+        else:
+            k = Kernel(LOOP_OPS_OTHER[n.op.name], [n])
+        kernels.append(k)
+        for m in k.nodes:
+            kernel_of_node[m.id] = k
+
+    for k in kernels:
+        ids = {m.id for m in k.nodes}
+        k.stores = [m for m in k.nodes if m.id in root_ids or any(u.id not in ids for u in users[m.id])
+                    or m.op.kind == "reduce"]
+        reads = {}
+        for m in k.nodes:
+            for i in m.inputs:
+                if i.id not in ids and i.id not in inline:
+                    reads[i.id] = i
+        k.reads = list(reads.values())
+
+    in_place, copies, order_k = _schedule(kernels, kernel_of_node, program, users,
+                                         {o.id for o in program.outputs})
+    for idx, k in enumerate(order_k):
+        k.name = f"k{idx}_{k.nodes[-1].name}"
+    buffers, specs = _assign_buffers(order_k, in_place, roots, inline)
+    return Plan(order_k, roots, in_place, copies, buffers, specs, inline)
+
+
+def _base(n):
+    """The node whose buffer a view aliases."""
+    while n.op is not None and LOOP_OPS_OTHER.get(n.op.name) == "view":
+        n = n.inputs[0]
+    return n
+
+
+def _schedule(kernels, kernel_of_node, program, users, output_ids):
+    """Order kernels; write each update straight into its parameter when the
+    old value is not needed afterwards, else into a temporary copied last."""
+    index = {id(k): i for i, k in enumerate(kernels)}
+    edges = {i: set() for i in range(len(kernels))}   # i -> kernels that must run after i
+    for i, k in enumerate(kernels):
+        for r in k.reads:
+            if r.id in kernel_of_node:
+                edges[index[id(kernel_of_node[r.id])]].add(i)
+
+    update_counts = {}
+    for _, v in program.updates:
+        update_counts[v.id] = update_counts.get(v.id, 0) + 1
+    in_place, copies = {}, []
+    for param, value in program.updates:
+        k = kernel_of_node.get(value.id)
+        ok = (k is not None and k.kind == "loop" and value.op.kind == "elementwise"
+              and value.shape == param.shape == k.shape and value.id not in output_ids
+              and param.id not in output_ids and update_counts[value.id] == 1 and not users[value.id])
+        if ok:
+            # The param may be read inside k only at the iteration index.
+            for m in k.nodes:
+                for i in m.inputs:
+                    if _base(i).id == param.id and (i is not param or i.shape != k.shape):
+                        ok = False
+        if ok:
+            readers = [j for j, other in enumerate(kernels) if other is not k
+                       and any(_base(r).id == param.id for r in other.reads)]
+            trial = {a: set(b) for a, b in edges.items()}
+            kid = index[id(k)]
+            for j in readers:
+                trial[j].add(kid)
+            if _topo(trial) is not None:
+                edges = trial
+                in_place[value.id] = param
+                continue
+        copies.append((param, value))
+    order = _topo(edges)
+    return in_place, copies, [kernels[i] for i in order]
+
+
+def _topo(edges):
+    """Kahn's algorithm, preferring the original order; None on a cycle."""
+    import heapq
+    indeg = {i: 0 for i in edges}
+    for a, bs in edges.items():
+        for b in bs:
+            indeg[b] += 1
+    ready = [i for i, d in indeg.items() if d == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(i)
+        for b in edges[i]:
+            indeg[b] -= 1
+            if indeg[b] == 0:
+                heapq.heappush(ready, b)
+    return out if len(out) == len(edges) else None
+
+
+def _assign_buffers(kernels, in_place, roots, inline):
+    """Give each stored value a buffer; reuse a buffer of the same shape and
+    dtype once every reader of its previous value has run."""
+    root_ids = {r.id for r in roots}
+    last_use = {}
+    for idx, k in enumerate(kernels):
+        for r in k.reads:
+            last_use[_base(r).id] = idx
+    buffers, specs, free = {}, [], {}
+    pending = []  # (last use index, buffer index, key)
+    for idx, k in enumerate(kernels):
+        still = []
+        for end, b, key in pending:
+            if end < idx:
+                free.setdefault(key, []).append(b)
+            else:
+                still.append((end, b, key))
+        pending = still
+        if k.kind == "view":
+            continue
+        for n in k.stores:
+            if n.id in in_place or n.id in inline:
+                continue
+            key = (n.shape, n.dtype.str)
+            if free.get(key):
+                b = free[key].pop()
+            else:
+                b = len(specs)
+                specs.append((n.shape, n.dtype))
+            buffers[n.id] = b
+            if n.id not in root_ids:
+                pending.append((last_use.get(n.id, idx), b, key))
+    return buffers, specs
