@@ -8,70 +8,13 @@ Loop bodies are the ops' scalar formulas; matrix products are `np.dot`
 calls into BLAS with transposes passed as views.
 """
 import inspect
-import math
-
-import numpy as np
 
 from ...ops.nn import uniform_hash
+from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
+                        reduced_index, acc_init, accumulate, acc_final, view_chain)
 
 # No 'nnan'/'ninf': NaN and Inf must stay observable (isnan, NaN-propagating max).
 FASTMATH = "{'contract', 'afn', 'reassoc', 'arcp', 'nsz'}"
-
-
-def typed_const(value, dtype):
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        v = float(value)
-        text = "math.nan" if math.isnan(v) else ("math.inf" if v == math.inf else
-                                                 "-math.inf" if v == -math.inf else repr(v))
-    else:
-        text = str(int(value))
-    return f"{dtype.name}({text})"
-
-
-class ScalarContext:
-    """What an op's scalar formula sees: typed constants and its attributes."""
-
-    def __init__(self, node):
-        self.attrs = node.attrs
-        self.dtype_name = node.dtype.name
-
-    def c(self, value):
-        return typed_const(value, self.dtype_name)
-
-
-def _ident(name):
-    out = "".join(ch if ch.isalnum() else "_" for ch in name)
-    return out if out and not out[0].isdigit() else "_" + out
-
-
-class Names:
-    """Stable, readable identifiers: user-given names are kept, derived nodes
-    are named by op and position, so the same program gives the same source
-    (and cache key) in every process."""
-
-    def __init__(self, order):
-        self.names, used = {}, set()
-        for pos, n in enumerate(order):
-            base = _ident(n.name) if (n.user_named or n.op is None and n.kind in ("input", "param", "state")) \
-                else f"{n.op.name if n.op else n.kind}{pos}"
-            name, k = base, 1
-            while name in used:
-                name, k = f"{base}_{k}", k + 1
-            used.add(name)
-            self.names[n.id] = name
-
-    def __getitem__(self, node):
-        return self.names[node.id]
-
-
-def dim_expr(d):
-    return "N" if d is None else str(d)
-
-
-def shape_expr(shape):
-    return "(" + "".join(dim_expr(d) + ", " for d in shape).rstrip(" ") + ")" if len(shape) != 1 \
-        else f"({dim_expr(shape[0])},)"
 
 
 class Generator:
@@ -79,7 +22,8 @@ class Generator:
         from ...graph.traverse import topo_sort
         self.program, self.plan = program, plan
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
-        self.names = Names(order)
+        unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
+        self.names = Names(unused + order)
         self.func_name = func_name
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
         self.locals = {}      # node id -> expression of a scalar local (size_of)
@@ -149,7 +93,7 @@ class Generator:
             expr = f"{src}.T" if len(axes) == 2 else f"{src}.transpose({axes})"
         else:
             base = n.inputs[0]
-            contiguous = not any(x.op is not None and x.op.name == "transpose" for x in _view_chain(base))
+            contiguous = not any(x.op is not None and x.op.name == "transpose" for x in view_chain(base))
             expr = (f"{src}" if contiguous else f"np.ascontiguousarray({src})") + f".reshape({shape_expr(n.shape)})"
         self.emit(f"v_{self.names[n]} = {expr}", 1)
 
@@ -160,7 +104,7 @@ class Generator:
 
     def _dot_operand(self, t):
         expr = self.array(t)
-        chain = _view_chain(t)
+        chain = view_chain(t)
         # BLAS takes C- or F-contiguous operands: a transpose of a contiguous
         # buffer is free; anything stranger is copied once.
         if len(chain) > 1 and not (len(chain) == 2 and chain[0].op.name == "transpose"):
@@ -211,34 +155,41 @@ class Generator:
         # prange over the first loop; a full reduction may race only on sums,
         # which Numba turns into per-thread partials.
         first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
+        ids = {m.id for m in k.nodes}
+        stored = {m.id for m in k.stores} | set(self.plan.in_place)
+        loaded = {}
+        # Loop-invariant operands (scalars) are read once, before the loops;
+        # parallel loops cannot index 0-d arrays anyway.
+        for m in k.nodes:
+            for i in m.inputs:
+                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
+                    self._value(i, k, ids, loaded, 1)
         depth = 1
-        loops = outer + inner
         for j, a in enumerate(outer):
             par = "prange" if j == 0 else "range"
             self.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
             depth += 1
         for r in reductions:
-            self.emit(f"acc_{self.names[r]} = {self._acc_init(r)}", depth)
+            self.emit(f"acc_{self.names[r]} = {acc_init(r)}", depth)
         for j, a in enumerate(inner):
             par = "prange" if (j == 0 and not outer and first_parallel) else "range"
             self.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
             depth += 1
-        ids = {m.id for m in k.nodes}
-        stored = {m.id for m in k.stores} | set(self.plan.in_place)
-        loaded = {}
         for m in k.nodes:
             if m.op.kind == "reduce":
                 x = self._value(m.inputs[0], k, ids, loaded, depth)
-                self._accumulate(m, x, depth)
+                for rel, line in accumulate(m, f"acc_{self.names[m]}", x):
+                    self.emit(line, depth + rel)
                 continue
             args = [self._value(i, k, ids, loaded, depth) for i in m.inputs]
             expr = m.op.scalar(ScalarContext(m), *args)
             self.emit(f"{self.names[m]} = {expr}", depth)
             if m.id in stored:
-                self.emit(f"{self.array(m)}[{self._index(m.shape, shape)}] = {self.names[m]}", depth)
+                self.emit(f"{self.array(m)}[{operand_index(m.shape, shape)}] = {self.names[m]}", depth)
         depth -= len(inner)
         for r in reductions:
-            self.emit(f"{self.array(r)}[{self._reduced_index(r, shape)}] = {self._acc_final(r)}", depth)
+            final = acc_final(r, f"acc_{self.names[r]}")
+            self.emit(f"{self.array(r)}[{reduced_index(r, shape)}] = {final}", depth)
 
     def _value(self, t, k, ids, loaded, depth):
         if t.id in ids:
@@ -247,56 +198,6 @@ class Generator:
             return typed_const(self.plan.inline[t.id], t.dtype)
         if t.id not in loaded:
             name = f"x_{self.names[t]}"
-            self.emit(f"{name} = {self.array(t)}[{self._index(t.shape, k.shape)}]", depth)
+            self.emit(f"{name} = {self.array(t)}[{operand_index(t.shape, k.shape)}]", depth)
             loaded[t.id] = name
         return loaded[t.id]
-
-    @staticmethod
-    def _index(tshape, shape):
-        """Index of an operand of shape `tshape` inside a loop nest over
-        `shape`: broadcast (size-1 or missing) axes read element 0."""
-        if not tshape:
-            return "()"
-        off = len(shape) - len(tshape)
-        idx = ["0" if (d == 1 and shape[a + off] != 1) else f"i{a + off}" for a, d in enumerate(tshape)]
-        return ", ".join(idx)
-
-    @staticmethod
-    def _reduced_index(r, shape):
-        axes = r.attrs["axis"]
-        if r.attrs["keepdims"]:
-            idx = ["0" if a in axes else f"i{a}" for a in range(len(shape))]
-        else:
-            idx = [f"i{a}" for a in range(len(shape)) if a not in axes]
-        return ", ".join(idx) if idx else "()"
-
-    @staticmethod
-    def _acc_init(r):
-        if r.op.name == "max":
-            return typed_const(-math.inf, r.dtype) if r.dtype.kind == "f" else f"int64({np.iinfo(np.int64).min})"
-        # Float sums accumulate in float64: float32 running sums drift.
-        return "float64(0.0)" if r.dtype.kind == "f" else "int64(0)"
-
-    def _accumulate(self, r, x, depth):
-        acc = f"acc_{self.names[r]}"
-        if r.op.name == "max":  # keeps NaN, as np.max does
-            self.emit(f"if {x} > {acc} or {x} != {x}:", depth)
-            self.emit(f"{acc} = {x}", depth + 1)
-        else:
-            self.emit(f"{acc} += {x}", depth)
-
-    def _acc_final(self, r):
-        acc = f"acc_{self.names[r]}"
-        if r.op.name == "mean":
-            count = " * ".join(dim_expr(r.inputs[0].shape[a]) for a in r.attrs["axis"]) or "1"
-            return f"{r.dtype.name}({acc} / ({count}))"
-        return f"{r.dtype.name}({acc})"
-
-
-def _view_chain(t):
-    """t, then the views it is made of, down to the buffer they alias."""
-    chain = [t]
-    while t.op is not None and t.op.name in ("transpose", "reshape"):
-        t = t.inputs[0]
-        chain.append(t)
-    return chain
