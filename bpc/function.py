@@ -5,6 +5,7 @@ update values), runs the passes, validates every call's arguments before
 anything runs, and hands a `Program` to the target's backend.
 """
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,9 @@ from .graph.traverse import topo_sort
 from .passes import optimize as run_passes
 
 log = logging.getLogger("bpc")
+if os.environ.get("BPC_LOG_COMPILES"):  # say when, what and why bpc compiles
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler())
 
 TARGETS = ("interpret", "cpu", "cuda")
 

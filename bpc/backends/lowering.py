@@ -45,8 +45,10 @@ class Names:
     def __init__(self, order):
         self.names, used = {}, set()
         for pos, n in enumerate(order):
-            base = _ident(n.name) if (n.user_named or n.op is None and n.kind in ("input", "param", "state")) \
-                else f"{n.op.name if n.op else n.kind}{pos}"
+            # Inputs and params carry the user's names; bpc-made state (dropout
+            # counters, optimizer moments) may embed process-specific ids.
+            keep = n.kind in ("input", "param") or (n.user_named and n.op is not None)
+            base = _ident(n.name) if keep else f"{n.op.name if n.op else n.kind}{pos}"
             name, k = base, 1
             while name in used:
                 name, k = f"{base}_{k}", k + 1

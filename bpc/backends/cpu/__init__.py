@@ -15,7 +15,7 @@ import numpy as np
 from ...ops.core import resolve
 from ...passes.fuse import plan as make_plan
 from . import threads
-from .cache import load_module
+from .cache import load_module, record_compiled
 from .codegen import Generator
 
 log = logging.getLogger("bpc")
@@ -69,6 +69,8 @@ class CpuBackend:
             entry(*arrays, *self._leaves, *bufs)
             self.compile_seconds[parallel] = dt = time.perf_counter() - t0
             hits = sum(entry.stats.cache_hits.values())
+            if not hits:
+                record_compiled(self.path)
             log.info("bpc: %s %s variant of '%s' (%s) in %.2f s", "loaded cached" if hits else "compiled",
                      "parallel" if parallel else "serial", self.program.name, self.key[:12], dt)
         else:

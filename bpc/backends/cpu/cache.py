@@ -6,13 +6,19 @@ specialized dtypes and ranks, and everything that generated it (helpers are
 inlined in the source, so no change elsewhere can go unnoticed). Numba's own
 cache (`cache=True`) stores the machine code next to it, in `__pycache__`.
 
-Writes are atomic (temp file + rename). A file whose contents do not match
-its source is rewritten, never trusted; Numba rejects and rebuilds machine
-code whose index does not match the module. Two processes compiling the same
-graph write the same bytes, so whichever rename lands last is correct.
+Writes are atomic (temp file + rename). A module file whose contents do not
+match its source is rewritten, never trusted or imported. Numba's cache
+files are pickles, so bpc records their SHA-256 in a JSON manifest after it
+compiles and, before Numba may load them, deletes any whose hash does not
+match (corrupt, truncated, or not written by bpc): Numba then recompiles.
+Two processes compiling the same graph write equivalent files; at worst a
+mismatch costs one recompile. The cache folder is created private (0700).
 """
+import glob
 import hashlib
 import importlib.util
+import json
+import logging
 import os
 import platform
 import sys
@@ -21,6 +27,8 @@ import numba
 import numpy as np
 
 from ...io import atomic_write_text
+
+log = logging.getLogger("bpc")
 
 
 def cache_dir():
@@ -47,6 +55,7 @@ def load_module(source):
     key = module_key(source)
     name = f"bpc_step_{key[:24]}"
     folder = os.path.join(cache_dir(), "cpu")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     path = os.path.join(folder, name + ".py")
     try:
         with open(path, encoding="utf-8") as f:
@@ -57,6 +66,7 @@ def load_module(source):
         atomic_write_text(path, source)
     if name in sys.modules:
         return sys.modules[name], path, key
+    verify_compiled(path)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     # Numba's cache locates functions through sys.modules: register first.
@@ -67,3 +77,47 @@ def load_module(source):
         del sys.modules[name]
         raise
     return module, path, key
+
+
+def _compiled_files(path):
+    folder, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
+    return sorted(glob.glob(os.path.join(folder, "__pycache__", stem + ".*.nb[ic]")))
+
+
+def _digest(file):
+    with open(file, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _manifest_path(path):
+    return os.path.splitext(path)[0] + ".manifest.json"
+
+
+def record_compiled(path):
+    """After Numba compiled (and cached) a module's functions, record the
+    hashes of its cache files."""
+    entries = {os.path.basename(f): _digest(f) for f in _compiled_files(path)}
+    atomic_write_text(_manifest_path(path), json.dumps(entries, indent=1, sort_keys=True))
+
+
+def verify_compiled(path):
+    """Delete the module's Numba cache files unless each matches the hash bpc
+    recorded for it, so that Numba never unpickles a file bpc did not write."""
+    try:
+        with open(_manifest_path(path), encoding="utf-8") as f:
+            known = json.load(f)
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    files = _compiled_files(path)
+    bad = [f for f in files if known.get(os.path.basename(f)) != _digest(f)]
+    if bad:
+        log.warning("bpc: discarding %d unverified compiled-cache file(s) of %s; recompiling",
+                    len(bad), os.path.basename(path))
+        for f in files:  # an index and its data go together
+            try:
+                os.unlink(f)
+            except OSError:
+                pass

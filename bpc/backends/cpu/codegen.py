@@ -122,9 +122,10 @@ class Generator:
         counter = self.array(n.inputs[0])
         total = " * ".join(dim_expr(d) for d in n.shape) or "1"
         self.emit(f"flat_{self.names[n]} = {out}.reshape(({total},))", 1)
+        self.emit(f"counter_{self.names[n]} = {counter}[()]", 1)
         self.emit(f"for j in prange({total}):", 1)
         self.emit(f"flat_{self.names[n]}[j] = {n.dtype.name}(uniform_hash_jit(int64({n.attrs['seed']}), "
-                  f"{counter}[()], int64(j)))", 2)
+                  f"counter_{self.names[n]}, int64(j)))", 2)
 
     def _kernel_argmax(self, k):
         n = k.node

@@ -1,0 +1,198 @@
+"""The CPU target: fusion, one native call per step, in-place updates,
+serial/parallel agreement, a batch dimension that never recompiles, and the
+on-disk cache (warm start compiles nothing; corrupt entries are rebuilt)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import bpc
+from bpc.backends.cpu import cache as cpu_cache
+
+MLP_SCRIPT = textwrap.dedent("""
+    import numpy as np, bpc
+    def build(sizes=(12, 16, 16, 5), seed=0, dropout=0.0):
+        x = bpc.input("x", (None, sizes[0]))
+        y = bpc.input("y", (None,), dtype="int64")
+        params, h = [], x
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = bpc.param(f"W{i}", (a, b), init="he_normal", seed=seed + i)
+            c = bpc.param(f"b{i}", (b,), init="zeros")
+            params += [W, c]
+            h = h @ W + c
+            if i < len(sizes) - 2:
+                h = bpc.relu(h)
+                if dropout:
+                    h = bpc.dropout(h, dropout, seed=i)
+        loss = bpc.softmax_cross_entropy(h, y)
+        grads = bpc.grad(loss, params)
+        return x, y, params, loss, {p: p - 0.1 * g for p, g in zip(params, grads)}
+""")
+namespace = {}
+exec(MLP_SCRIPT, namespace)
+build_mlp = namespace["build"]
+
+
+def data(n=13, d=12, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, k, n)
+
+
+@pytest.fixture(scope="module")
+def mlp_step():
+    """One compiled MLP training step shared by the structural tests."""
+    x, y, params, loss, updates = build_mlp()
+    return bpc.function([x, y], loss, updates=updates, target="cpu"), params
+
+
+def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
+    step, _ = mlp_step
+    kernels = step.backend.plan.kernels
+    kinds = [k.kind for k in kernels]
+    assert kinds.count("matmul") == 3 + 2 * 3 - 1       # 3 forward, 5 backward (no grad wrt x)
+    # The bias add and ReLU of each hidden layer are one loop nest,
+    loops = [[n.op.name for n in k.nodes] for k in kernels if k.kind == "loop"]
+    assert sum(ops[:2] == ["add", "relu"] for ops in loops) == 2
+    # and each bias gradient's column sum is fused with the ReLU mask product.
+    assert any(ops[-1] == "sum" and "mul" in ops for ops in loops)
+    # Every SGD update is written straight into its parameter.
+    assert len(step.backend.plan.in_place) == 6 and not step.backend.plan.copies
+    src = step.source
+    assert src.count("def step_serial(") == 1 and src.count("def step_parallel(") == 1
+    assert "prange" in src and "np.dot" in src and "# k0_" in src
+
+
+def test_step_matches_interpreter_over_several_steps_with_smaller_last_batch(mlp_step):
+    step, params = mlp_step
+    x, y, ref_params, loss, updates = build_mlp()
+    ref = bpc.function([x, y], loss, updates=updates, target="interpret")
+    for p, q in zip(params, ref_params):
+        p.value = q.value
+    X, Y = data(40)
+    for lo, hi in [(0, 16), (16, 32), (32, 40)]:   # last batch is smaller
+        a = step(X[lo:hi], Y[lo:hi])
+        b = ref(X[lo:hi], Y[lo:hi])
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for p, q in zip(params, ref_params):
+        np.testing.assert_allclose(p.value, q.value, rtol=1e-5, atol=1e-6)
+    # Batch sizes 16 and 8 ran the same machine code: one signature, no recompiles.
+    assert len(step.backend.module.step_serial.signatures) == 1
+
+
+def test_parallel_and_serial_variants_agree_with_the_interpreter():
+    """Every parallel kernel is checked against its serial twin (Numba's
+    parallel lowering has produced silent wrong results before)."""
+    x, y, params, loss, updates = build_mlp(dropout=0.25)
+    grads = bpc.grad(loss, params)
+    X, Y = data(37)
+    results, start = [], None
+    for target, parallel in (("interpret", None), ("cpu", False), ("cpu", True)):
+        opts = {} if parallel is None else {"parallel": parallel}
+        f = bpc.function([x, y], [loss, *grads], updates=updates, target=target, **opts)
+        written = [p for p, _ in f.updates]            # params and dropout counters
+        if start is None:
+            start = [p.value.copy() for p in written]
+        for p, v in zip(written, start):
+            p.value = v
+        outs = [f(X, Y) for _ in range(2)]              # two steps: masks and params change
+        results.append((outs, [p.value.copy() for p in params]))
+    (ref, ref_params), *compiled = results
+    for outs, values in compiled:
+        for a, b in zip(outs, ref):
+            for u, v in zip(a, b):
+                np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
+        for u, v in zip(values, ref_params):
+            np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
+
+
+def test_update_reading_a_param_after_it_is_updated_uses_the_old_value():
+    """Updates are simultaneous: b's new value reads a's *old* value."""
+    a = bpc.param("a", np.array([1.0, 2.0]))
+    b = bpc.param("b", np.array([10.0, 20.0]))
+    x = bpc.input("x", (2,), dtype="float64")
+    f = bpc.function([x], a * 1.0, updates={a: a + x, b: b + a * 2.0}, target="cpu")
+    out = f(np.array([100.0, 100.0]))
+    np.testing.assert_allclose(out, [1.0, 2.0])
+    np.testing.assert_allclose(a.value, [101.0, 102.0])
+    np.testing.assert_allclose(b.value, [12.0, 24.0])
+
+
+def test_nan_propagates_through_compiled_relu_max_and_reductions():
+    """fastmath must not assume away NaN (no 'nnan' flag)."""
+    x = bpc.input("x", (None, 3), dtype="float32")
+    outs = [bpc.relu(x), bpc.max(x, axis=1), bpc.maximum(x, 0.0), bpc.sum(x, axis=1)]
+    f = bpc.function([x], outs, target="cpu")
+    v = np.array([[np.nan, 1.0, -1.0], [0.5, -2.0, 3.0]], dtype=np.float32)
+    relu, mx, maximum, total = f(v)
+    assert np.isnan(relu[0, 0]) and np.isnan(mx[0]) and np.isnan(maximum[0, 0]) and np.isnan(total[0])
+    assert mx[1] == 3.0 and total[1] == 1.5
+
+
+def test_check_numerics_names_the_first_bad_node_on_cpu():
+    x = bpc.input("x", (None, 2), dtype="float32")
+    bad = bpc.log(x)                     # NaN for negative inputs
+    f = bpc.function([x], bpc.sum(bad * 2.0), target="cpu", check_numerics=True)
+    with pytest.raises(FloatingPointError, match=r"log.*test_cpu\.py"):
+        f(np.array([[1.0, -1.0]], dtype=np.float32))
+
+
+def test_float32_sums_accumulate_in_float64():
+    x = bpc.input("x", (None,), dtype="float32")
+    f = bpc.function([x], bpc.sum(x), target="cpu")
+    v = np.full(1_000_000, 0.1, dtype=np.float32)
+    exact = np.float32(1_000_000 * float(np.float32(0.1)))   # a float32 running sum gives ~100958
+    assert f(v) == exact
+
+
+def test_fused_dot_view_draws_kernels_as_clusters(mlp_step):
+    step, _ = mlp_step
+    text = bpc.to_dot(None, fused=step)
+    assert text.count("subgraph cluster_k") >= len([k for k in step.backend.plan.kernels if k.kind == "loop"])
+    import pydot
+    assert pydot.graph_from_dot_data(text)
+
+
+def test_source_is_written_next_to_the_cache_entry(mlp_step):
+    step, _ = mlp_step
+    with open(step.backend.path, encoding="utf-8") as f:
+        assert f.read() == step.source
+
+
+def _run(code, cache):
+    env = dict(os.environ, BPC_CACHE_DIR=str(cache), BPC_LOG_COMPILES="1")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+WARM_START = MLP_SCRIPT + textwrap.dedent("""
+    x, y, params, loss, updates = build()
+    f = bpc.function([x, y], loss, updates=updates, target="cpu")
+    f(np.ones((4, 12), np.float32), np.zeros(4, np.int64))
+    stats = f.backend.module.step_serial.stats
+    print("misses", sum(stats.cache_misses.values()), "hits", sum(stats.cache_hits.values()))
+""")
+
+
+def test_second_process_compiles_nothing_and_corrupt_entries_are_rebuilt(tmp_path):
+    first = _run(WARM_START, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "misses 1 hits 0" in first.stdout and "compiled serial" in first.stderr
+    second = _run(WARM_START, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "misses 0 hits 1" in second.stdout and "loaded cached serial" in second.stderr
+    # Corrupt Numba's cache files and the module: both are detected and rebuilt.
+    module = next((tmp_path / "cpu").glob("bpc_step_*.py"))
+    for f in (tmp_path / "cpu" / "__pycache__").iterdir():
+        f.write_bytes(b"garbage")
+    module.write_text("raise SystemExit('this must never run')\n")
+    third = _run(WARM_START, tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "discarding" in third.stderr and "misses 1 hits 0" in third.stdout
+    assert "must never run" not in module.read_text()
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BPC_CACHE_DIR", str(tmp_path / "here"))
+    assert cpu_cache.cache_dir() == str(tmp_path / "here")
