@@ -229,6 +229,21 @@ class Function:
         """Generated source code (compiled targets)."""
         return getattr(self.backend, "source", None)
 
+    def report(self):
+        """What the compiler did: node counts after each pass and, for
+        compiled targets, the kernels the step runs."""
+        lines = [f"{self._sig()} on target '{self.target}'", "passes (nodes after each):"]
+        lines += [f"  {name:34} {count}" for name, count in self.program.report]
+        plan = getattr(self.backend, "plan", None)
+        if plan is not None:
+            kinds = [k.kind for k in plan.kernels]
+            lines.append(f"kernels: {len(kinds)} ({kinds.count('loop')} fused loops, "
+                         f"{kinds.count('matmul')} matrix products, {kinds.count('view')} views); "
+                         f"{len(plan.buffer_specs)} workspace buffers; "
+                         f"{len(plan.in_place)} updates written in place")
+            lines += [f"  {k.describe()}" for k in plan.kernels]
+        return "\n".join(lines)
+
     def __repr__(self):
         return f"<bpc.Function {self._sig()} target={self.target}>"
 
