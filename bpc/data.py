@@ -10,6 +10,34 @@ import math
 import numpy as np
 
 
+# ----- argument checks shared by bpc.data, bpc.optim, bpc.nn and bpc.train -------------
+
+def check_int(value, what, low=1):
+    """`value` as an int >= `low`, else a ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        kind = {0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
+        raise ValueError(f"{what} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def check_number(value, what, low=None, high=None, low_open=False, high_open=False):
+    """`value` as a finite float within [low, high] (open ends where asked),
+    else a ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    bad = (not math.isfinite(value)
+           or (low is not None and (value < low or (low_open and value == low)))
+           or (high is not None and (value > high or (high_open and value == high))))
+    if bad:
+        interval = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", " \
+            + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
+        raise ValueError(f"{what} must be in {interval}, got {value!r}")
+    return value
+
+
+# ----- batches and splits ---------------------------------------------------------------
+
 def rng_from(seed):
     """A `numpy.random.Generator` from an int seed (or pass one through)."""
     if isinstance(seed, np.random.Generator):
@@ -17,12 +45,6 @@ def rng_from(seed):
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
         return np.random.default_rng(seed)
     raise ValueError(f"seed must be a non-negative int, None or a numpy.random.Generator, got {seed!r}")
-
-
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def check_xy(X, Y, who):
@@ -41,8 +63,8 @@ def check_xy(X, Y, who):
 def index_batches(n, batch_size, shuffle=True, seed=0, drop_last=False):
     """Arrays of row indices covering range(n) once, `batch_size` at a time
     (the last batch may be smaller unless `drop_last`)."""
-    n = _positive_int(n, "index_batches: n")
-    batch_size = _positive_int(batch_size, "batch_size")
+    n = check_int(n, "index_batches: n")
+    batch_size = check_int(batch_size, "batch_size")
     order = rng_from(seed).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):

@@ -46,12 +46,12 @@ def _as_list(outputs):
 
 
 def to_graph(outputs, values=None, grads=None, groups=None):
-    """A networkx DiGraph of the nodes `outputs` depend on. Node attributes:
+    """A networkx MultiDiGraph of the nodes `outputs` depend on. Node attributes:
     tensor, label, role (input/param/state/constant/forward/grad), output,
     and, when given, value, grad and group (a fused kernel's name)."""
     outs = _as_list(outputs)
     out_ids = {o.id for o in outs}
-    g = nx.DiGraph()
+    g = nx.MultiDiGraph()   # x * x has two edges from x, not one
     for n in topo_sort(outs):
         role = n.kind if n.op is None else n.origin
         label = n.name if n.op is None else f"{n.op.name}\\n{n.name}"

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import ops
 from .errors import ShapeError
+from .data import check_int, check_number
 from .function import function
 from .graph.tensor import Tensor, input, param, state, format_shape
 from .graph.traverse import topo_sort
@@ -96,8 +97,7 @@ class Module:
         X = np.asarray(X)
         if X.ndim < 1 or len(X) == 0:
             raise ValueError(f"{self.name}.predict: X must have at least one row, got shape {X.shape}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"{self.name}.predict: batch_size must be a positive int, got {batch_size!r}")
+        check_int(batch_size, f"{self.name}.predict: batch_size")
         cache = self.__dict__.setdefault("_predict_fns", {})
         key = (target, X.shape[1:])
         if key not in cache:
@@ -121,11 +121,9 @@ class Dense(Module):
 
     def __init__(self, in_features, out_features, activation=None, init=None, bias=True, seed=None,
                  name=None, dtype="float32"):
-        for label, n in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-                raise ValueError(f"Dense: {label} must be a positive int, got {n!r}")
+        self.in_features = check_int(in_features, "Dense: in_features")
+        self.out_features = check_int(out_features, "Dense: out_features")
         self.name = _check_name(name, "dense")
-        self.in_features, self.out_features = int(in_features), int(out_features)
         self.activation = self._activation(activation)
         if init is None:
             init = "he_normal" if activation in ("relu", "leaky_relu") else "glorot_uniform"
@@ -167,12 +165,9 @@ class Dropout(Module):
     sequence and checkpoints save it (key "counter")."""
 
     def __init__(self, rate, seed=0, name=None):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"Dropout: seed must be an int, got {seed!r}")
+        self.rate = check_number(rate, "Dropout: rate", 0.0, 1.0, high_open=True)
+        self.seed = check_int(seed, "Dropout: seed", low=0)
         self.name = _check_name(name, "dropout")
-        self.rate, self.seed = float(rate), int(seed)
         # Stands in for the counter until a training graph exists, so a
         # checkpoint can be loaded before the graph is built.
         self._counter = state(f"{self.name}_counter", np.int64(0))
@@ -232,6 +227,4 @@ def l2_penalty(params, coeff):
     params = [params] if isinstance(params, Tensor) else list(params)
     if not params:
         raise ValueError("l2_penalty: no parameters given")
-    if isinstance(coeff, bool) or not isinstance(coeff, (int, float, np.number)) or not coeff >= 0:
-        raise ValueError(f"l2_penalty: coeff must be a non-negative number, got {coeff!r}")
-    return float(coeff) * global_square_norm(params)
+    return check_number(coeff, "l2_penalty: coeff", 0.0) * global_square_norm(params)

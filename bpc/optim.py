@@ -10,6 +10,8 @@ clipping and the update therefore compile into one step:
 
 The learning rate is a `bpc.state` scalar too (`opt.lr`), so a schedule
 changes it between steps (`opt.lr.value = 0.01`) without recompiling.
+Every optimizer also takes `clip_value=`, `clip_norm=` (gradient clipping
+inside the step) and `name=` (prefix of its state buffers' names).
 
 Update rules follow the published algorithms (the PyTorch conventions where
 papers leave a choice): SGD with momentum `v = mu v + g; p -= lr v`
@@ -23,24 +25,9 @@ import numpy as np
 
 from . import ops
 from .autodiff import grad
+from .data import check_int, check_number
 from .errors import ShapeError
 from .graph.tensor import Tensor, state
-
-
-def _check_number(owner, name, value, low=None, high=None, low_open=False, high_open=False):
-    """A float hyperparameter within [low, high] (open ends where asked)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
-    value = float(value)
-    bad = (not math.isfinite(value)
-           or (low is not None and (value < low or (low_open and value == low)))
-           or (high is not None and (value > high or (high_open and value == high))))
-    if bad:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        interval = ("(" if low_open else "[") + f"{lo}, {hi}" + (")" if high_open else "]")
-        raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
-    return value
 
 
 class Optimizer:
@@ -59,11 +46,10 @@ class Optimizer:
     def __init__(self, lr, clip_value=None, clip_norm=None, name=None):
         owner = type(self).__name__
         self.name = name or owner.lower()
-        self.base_lr = _check_number(owner, "lr", lr, 0.0)
-        self.clip_value = None if clip_value is None else _check_number(owner, "clip_value", clip_value, 0.0,
-                                                                          low_open=True)
-        self.clip_norm = None if clip_norm is None else _check_number(owner, "clip_norm", clip_norm, 0.0,
-                                                                       low_open=True)
+        self.base_lr = check_number(lr, f"{owner}: lr", 0.0)
+        self.clip_value, self.clip_norm = (
+            None if v is None else check_number(v, f"{owner}: {label}", 0.0, low_open=True)
+            for label, v in (("clip_value", clip_value), ("clip_norm", clip_norm)))
         # float64 so that a schedule's value is kept exactly; cast to each
         # parameter's dtype inside the graph.
         self.lr = state(f"{self.name}_lr", np.float64(self.base_lr))
@@ -170,8 +156,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **kw):
         super().__init__(lr, **kw)
-        self.momentum = _check_number("SGD", "momentum", momentum, 0.0, 1.0, high_open=True)
-        self.weight_decay = _check_number("SGD", "weight_decay", weight_decay, 0.0)
+        self.momentum = check_number(momentum, "SGD: momentum", 0.0, 1.0, high_open=True)
+        self.weight_decay = check_number(weight_decay, "SGD: weight_decay", 0.0)
         if nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
@@ -194,7 +180,7 @@ class AdaGrad(Optimizer):
 
     def __init__(self, lr=0.01, eps=1e-10, **kw):
         super().__init__(lr, **kw)
-        self.eps = _check_number("AdaGrad", "eps", eps, 0.0)
+        self.eps = check_number(eps, "AdaGrad: eps", 0.0)
 
     def rule(self, p, g, slots, lr, t):
         acc = slots["sum_sq"] + ops.square(g)
@@ -208,8 +194,8 @@ class RMSProp(Optimizer):
 
     def __init__(self, lr=0.001, rho=0.9, eps=1e-8, **kw):
         super().__init__(lr, **kw)
-        self.rho = _check_number("RMSProp", "rho", rho, 0.0, 1.0, high_open=True)
-        self.eps = _check_number("RMSProp", "eps", eps, 0.0)
+        self.rho = check_number(rho, "RMSProp: rho", 0.0, 1.0, high_open=True)
+        self.eps = check_number(eps, "RMSProp: eps", 0.0)
 
     def rule(self, p, g, slots, lr, t):
         ms = self.rho * slots["mean_sq"] + (1.0 - self.rho) * ops.square(g)
@@ -226,9 +212,9 @@ class Adam(Optimizer):
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
         super().__init__(lr, **kw)
         owner = type(self).__name__
-        self.beta1 = _check_number(owner, "beta1", beta1, 0.0, 1.0, high_open=True)
-        self.beta2 = _check_number(owner, "beta2", beta2, 0.0, 1.0, high_open=True)
-        self.eps = _check_number(owner, "eps", eps, 0.0)
+        self.beta1 = check_number(beta1, f"{owner}: beta1", 0.0, 1.0, high_open=True)
+        self.beta2 = check_number(beta2, f"{owner}: beta2", 0.0, 1.0, high_open=True)
+        self.eps = check_number(eps, f"{owner}: eps", 0.0)
 
     def adam_direction(self, g, slots, t):
         """(m_hat / (sqrt(v_hat) + eps), new slots), shared with AdamW."""
@@ -249,7 +235,7 @@ class AdamW(Adam):
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, **kw):
         super().__init__(lr, beta1, beta2, eps, **kw)
-        self.weight_decay = _check_number("AdamW", "weight_decay", weight_decay, 0.0)
+        self.weight_decay = check_number(weight_decay, "AdamW: weight_decay", 0.0)
 
     def rule(self, p, g, slots, lr, t):
         direction, new_slots = self.adam_direction(g, slots, t)
@@ -278,9 +264,8 @@ class Schedule:
     compiled steps read at every call, so nothing recompiles."""
 
     def __call__(self, epoch, base_lr):
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"{type(self).__name__}: epoch must be a non-negative int, got {epoch!r}")
-        return float(self.factor(int(epoch)) * base_lr)
+        epoch = check_int(epoch, f"{type(self).__name__}: epoch", low=0)
+        return float(self.factor(epoch) * base_lr)
 
     def factor(self, epoch):
         raise NotImplementedError
@@ -294,10 +279,8 @@ class StepLR(Schedule):
     """lr = base_lr * gamma ** (epoch // step_size)."""
 
     def __init__(self, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be a positive int, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = _check_number("StepLR", "gamma", gamma, 0.0)
+        self.step_size = check_int(step_size, "StepLR: step_size")
+        self.gamma = check_number(gamma, "StepLR: gamma", 0.0)
 
     def factor(self, epoch):
         return self.gamma ** (epoch // self.step_size)
@@ -307,7 +290,7 @@ class ExponentialLR(Schedule):
     """lr = base_lr * gamma ** epoch."""
 
     def __init__(self, gamma):
-        self.gamma = _check_number("ExponentialLR", "gamma", gamma, 0.0)
+        self.gamma = check_number(gamma, "ExponentialLR: gamma", 0.0)
 
     def factor(self, epoch):
         return self.gamma ** epoch
@@ -318,10 +301,8 @@ class CosineLR(Schedule):
     min_lr: lr = min_lr + (base_lr - min_lr) (1 + cos(pi e / t_max)) / 2."""
 
     def __init__(self, t_max, min_lr=0.0):
-        if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or t_max < 1:
-            raise ValueError(f"CosineLR: t_max must be a positive int, got {t_max!r}")
-        self.t_max = int(t_max)
-        self.min_lr = _check_number("CosineLR", "min_lr", min_lr, 0.0)
+        self.t_max = check_int(t_max, "CosineLR: t_max")
+        self.min_lr = check_number(min_lr, "CosineLR: min_lr", 0.0)
 
     def __call__(self, epoch, base_lr):
         cos = super().__call__(epoch, 1.0)

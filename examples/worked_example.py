@@ -23,7 +23,8 @@ The chain rule, one factor at a time (sigmoid'(z) = o (1 - o)):
 
 Run it to see bpc derive the same numbers symbolically, print the gradient
 graph as text and DOT (worked_example_grad.dot), and take a few steps of
-gradient descent with a hand-written update.
+gradient descent with a hand-written update, then the same steps with
+bpc.optim.SGD.
 """
 import argparse
 
@@ -81,11 +82,28 @@ def main(argv=None):
                grads=dict(zip(params, grads)), title="worked example: loss and its gradients")
     print(f"\nwrote {args.dot} (render: dot -Tsvg {args.dot} -o grad.svg)")
 
+    initial = [p.value.copy() for p in params]
     step = bpc.function([x, y], loss, target=args.target,
                         updates={p: p - args.lr * g for p, g in zip(params, grads)})
     print(f"\n{args.steps} steps of gradient descent (lr={args.lr}):")
+    by_hand_update = []
     for i in range(args.steps):
-        print(f"  step {i}: loss {float(step(1.0, 1.0)):.6f}")
+        by_hand_update.append(float(step(1.0, 1.0)))
+        print(f"  step {i}: loss {by_hand_update[-1]:.6f}")
+
+    # The same steps with bpc.optim.SGD, from the same starting point: an
+    # optimizer only writes the update expressions, so it retraces the
+    # hand-written update exactly.
+    for p, v in zip(params, initial):
+        p.value = v
+    sgd = bpc.optim.SGD(lr=args.lr)
+    sgd_step = bpc.function([x, y], loss, target=args.target, updates=sgd.updates(loss, list(params)))
+    print(f"\nthe same with bpc.optim.SGD(lr={args.lr}):")
+    for i in range(args.steps):
+        value = float(sgd_step(1.0, 1.0))
+        print(f"  step {i}: loss {value:.6f}   (hand-written update: {by_hand_update[i]:.6f})")
+        assert abs(value - by_hand_update[i]) < 1e-12, i
+    return {"losses": by_hand_update, "params": {p.name: float(p.value) for p in params}}
 
 
 if __name__ == "__main__":

@@ -9,9 +9,19 @@ take seconds to compile a function, so each case compiles exactly ONE
 function returning `[*outputs, cost, *grads]` and the finite differences
 call that same function with perturbed inputs.
 """
+import os
+import importlib.util
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+
+# The cuda target runs on a GPU when there is one, else on Numba's CUDA
+# simulator, which must be switched on before anything imports numba.
+HAVE_GPU = os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+if HAVE_NUMBA_CUDA and not HAVE_GPU:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np
 import pytest
@@ -19,7 +29,9 @@ import pytest
 import bpc
 from bpc.graph.traverse import topo_sort
 
-TARGETS = ["interpret"]
+# BPC_TEST_TARGETS=interpret,cpu narrows the run (e.g. while working on one target).
+TARGETS = [t for t in os.environ.get("BPC_TEST_TARGETS", "interpret,cpu" + (",cuda" if HAVE_NUMBA_CUDA else ""))
+           .split(",") if t]
 
 
 @pytest.fixture(params=TARGETS)
@@ -145,7 +157,7 @@ class Built:
         # them so each evaluation computes the same function of the inputs.
         for node, value in self.states:
             node.value = value
-        res = [np.asarray(r) for r in self.fn(*values, *self.weights)]
+        res = [np.array(r) for r in self.fn(*values, *self.weights)]
         n = len(self.outs)
         return res[:n], float(res[n]), res[n + 1:]
 
@@ -231,9 +243,10 @@ def check_op(case, target, **options):
 def check_float32(cases, target, rtol=1e-4, atol=2e-5):
     """Build every case twice in ONE function, from float32 and from float64
     inputs holding the same (float32-representable) values; the float32
-    outputs and gradients must stay float32 and agree with the float64 ones
-    within float32 tolerances."""
-    feeds, inputs, layouts, results = [], [], [], []
+    outputs, cost and gradients must stay float32 and agree with the float64
+    ones within float32 tolerances."""
+    assert len({c.batch for c in cases}) == 1, "cases combined in one function must share a batch size"
+    feeds, inputs, results, layout = [], [], [], []
     for c, case in enumerate(cases):
         values = [v.astype(np.float32).astype(v.dtype) if v.dtype.kind == "f" else v for v in case.sample()]
         for dtype in ("float32", "float64"):
@@ -242,24 +255,18 @@ def check_float32(cases, target, rtol=1e-4, atol=2e-5):
             outs = as_list(case.build(*ins))
             weights_rng = np.random.default_rng(c)   # the same weights for both dtypes
             cost, w_in, w_val = _cost_of(outs, np.dtype(dtype), weights_rng, case.batch, prefix=tag)
-            diff = [ins[i] for i, a in enumerate(case.args) if a.is_float]
-            grads = bpc.grad(cost, diff) if diff else []
-            layouts.append((case.id, dtype, len(results), outs, diff))
-            results += outs + grads
+            grads = bpc.grad(cost, [ins[i] for i, a in enumerate(case.args) if a.is_float])
+            names = [f"output {k}" for k in range(len(outs))] + ["cost"] + [
+                f"gradient wrt {a.name}" for a in case.args if a.is_float]
+            layout.append((case.id, len(results), names))
+            results += outs + [cost] + grads
             inputs += ins + w_in
             feeds += [v.astype(dtype) if v.dtype.kind == "f" else v for v in values] + w_val
-    batch_sizes = {c.batch for c in cases}
-    assert len(batch_sizes) == 1, "cases combined in one function must share a batch size"
-    fn = bpc.function(inputs, results, target=target)
-    states = [(n, np.array(n.value)) for n in topo_sort(results) if n.kind == "state"]
-    got = [np.asarray(r) for r in fn(*feeds)]
-    for n, v in states:
-        n.value = v
-    for (cid, _, start32, outs32, diff32), (_, _, start64, _, _) in zip(layouts[::2], layouts[1::2]):
-        count = len(outs32) + len(diff32)
-        for k in range(count):
+    got = [np.asarray(r) for r in bpc.function(inputs, results, target=target)(*feeds)]
+    for (cid, start32, names), (_, start64, _) in zip(layout[::2], layout[1::2]):
+        for k, name in enumerate(names):
             r32, r64 = got[start32 + k], got[start64 + k]
-            what = f"{cid}: " + (f"output {k}" if k < len(outs32) else f"gradient {k - len(outs32)}")
+            what = f"{cid}: {name}"
             if r64.dtype.kind == "f":
                 assert r32.dtype == np.float32, f"{what}: a float32 graph produced {r32.dtype}"
             scale = max(1.0, float(np.max(np.abs(r64)))) if r64.size else 1.0

@@ -141,7 +141,8 @@ def reduction_case(name, fn, np_fn, valid=None):
     return OpCase(name,
                   lambda x, v, s: [fn(x, **kw) for kw in AXES] + [fn(v), fn(v, axis=0, keepdims=True), fn(s)],
                   [Arg("x", (None, 3, 6)), Arg("v", (7,)), Arg("s", ())],
-                  lambda x, v, s: [np_fn(x, **kw) for kw in AXES] + [np_fn(v), np_fn(v, axis=0, keepdims=True), np_fn(s)],
+                  lambda x, v, s: [np_fn(x, **kw) for kw in AXES]
+                  + [np_fn(v), np_fn(v, axis=0, keepdims=True), np_fn(s)],
                   valid=valid)
 
 
@@ -241,6 +242,13 @@ MSE = OpCase(
     [Arg("p", (None, 6)), Arg("t", (None, 6)), Arg("v", (6,))],
     lambda p, t, v: [np.mean((p - t) ** 2), np.mean((p - 0.5) ** 2), np.mean((p - v) ** 2)])
 
+
+def _simplex_axis1(rng, shape):
+    """Positive values summing to 1 along axis 1."""
+    v = rng.uniform(0.2, 1.0, shape)
+    return v / v.sum(axis=1, keepdims=True)
+
+
 P_WITH_ZEROS = np.array([0.5, 0.0, 0.2, 0.3, 0.0, 0.0])   # broadcast over the batch
 
 
@@ -251,15 +259,11 @@ def np_kl(p, q, axis=-1):
 
 KL_DIV = OpCase(
     "kl_div",
-    lambda p, q, p3, q3: [bpc.kl_div(p, q), bpc.kl_div(bpc.constant(P_WITH_ZEROS, dtype=q.dtype), q), bpc.kl_div(p3, q3, axis=1)],
+    lambda p, q, p3, q3: [bpc.kl_div(p, q), bpc.kl_div(bpc.constant(P_WITH_ZEROS, dtype=q.dtype), q),
+                          bpc.kl_div(p3, q3, axis=1)],
     [Arg("p", (None, 6), "simplex"), Arg("q", (None, 6), "simplex"),
-     Arg("p3", (None, 3, 5), lambda r, s: _simplex_axis1(r, s)), Arg("q3", (None, 3, 5), lambda r, s: _simplex_axis1(r, s))],
+     Arg("p3", (None, 3, 5), _simplex_axis1), Arg("q3", (None, 3, 5), _simplex_axis1)],
     lambda p, q, p3, q3: [np_kl(p, q), np_kl(P_WITH_ZEROS, q), np_kl(p3, q3, axis=1)])
-
-
-def _simplex_axis1(rng, shape):
-    v = rng.uniform(0.2, 1.0, shape)
-    return v / v.sum(axis=1, keepdims=True)
 
 
 def expected_dropout(x, rate, seed, counter=0):
@@ -288,7 +292,8 @@ CAST = OpCase(
 MLP = OpCase(
     "mlp_composite",
     lambda x, w1, b1, w2, y: bpc.softmax_cross_entropy(bpc.sigmoid(bpc.tanh(x @ w1 + b1) @ w2), y),
-    [Arg("x", (None, 6)), Arg("w1", (6, 7)), Arg("b1", (7,)), Arg("w2", (7, 3)), Arg("y", (None,), "labels:3", "int64")],
+    [Arg("x", (None, 6)), Arg("w1", (6, 7)), Arg("b1", (7,)), Arg("w2", (7, 3)),
+     Arg("y", (None,), "labels:3", "int64")],
     lambda x, w1, b1, w2, y: np_cross_entropy(np_sigmoid(np.tanh(x @ w1 + b1) @ w2), np_one_hot(y, 3)))
 
 
@@ -363,7 +368,7 @@ def test_non_differentiable_forward_and_zero_gradient(case, target):
 
 
 FLOAT32_GROUPS = {
-    "elementwise": [c for c in BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE]],
+    "elementwise": BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE],
     "structural": REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL],
     "nn": [SOFTMAX, LOG_SOFTMAX, SCE_LABELS, SCE_PROBS, BCE, MSE, KL_DIV, DROPOUT, MLP] + NON_DIFF,
 }
@@ -461,3 +466,29 @@ def test_hessian_vector_product_of_matmul_tanh(target):
     numeric = (f(xv, wv + eps * vv, vv)[0] - f(xv, wv - eps * vv, vv)[0]) / (2 * eps)
     np.testing.assert_allclose(hv_value, numeric, rtol=1e-6, atol=1e-8)
     assert np.max(np.abs(hv_value)) > 1e-2   # a real second-order term, not zeros
+
+
+def test_results_of_a_call_survive_later_calls(target):
+    """Returned arrays belong to the caller: a later call with other inputs
+    does not overwrite them (no aliasing of internal buffers)."""
+    x = bpc.input("x", (None, 6), dtype="float64")
+    f = bpc.function([x], [bpc.tanh(x) * 2.0, bpc.sum(x, axis=0), bpc.sum(bpc.exp(x))], target=target)
+    first_in = np.random.default_rng(6).normal(size=(BATCH, 6))
+    first = f(first_in)
+    kept = [np.array(a) for a in first]
+    f(first_in + 1.0)
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inputs_the_outputs_do_not_use_are_accepted(target):
+    """A function may take inputs its outputs ignore (labels in an
+    evaluation function); they are still validated, never read."""
+    x = bpc.input("x", (None, 6), dtype="float64")
+    y = bpc.input("y", (None,), dtype="int64")
+    unused = bpc.input("unused", (3,), dtype="float64")
+    f = bpc.function([x, y, unused], bpc.sum(x * 2.0), target=target)
+    xv = np.random.default_rng(7).normal(size=(BATCH, 6))
+    np.testing.assert_allclose(f(xv, np.zeros(BATCH, np.int64), np.ones(3)), 2.0 * xv.sum(), rtol=1e-12)
+    with pytest.raises(bpc.CallError):
+        f(xv, np.zeros(BATCH, np.int64), np.ones(4))

@@ -68,23 +68,33 @@ def shape_expr(shape):
         else f"({dim_expr(shape[0])},)"
 
 
+def operand_axes(tshape, shape):
+    """Per-axis index of an operand of shape `tshape` inside a loop nest over
+    `shape` (loop variables i0, i1, ...): broadcast (size-1 or missing) axes
+    read element 0."""
+    off = len(shape) - len(tshape)
+    return ["0" if d == 1 else f"i{a + off}" for a, d in enumerate(tshape)]
+
+
 def operand_index(tshape, shape):
-    """Index of an operand of shape `tshape` inside a loop nest over `shape`
-    (loop variables i0, i1, ...): broadcast (size-1 or missing) axes read
-    element 0."""
+    """`operand_axes` as one subscript ("()" for a 0-d operand)."""
     if not tshape:
         return "()"
-    off = len(shape) - len(tshape)
-    return ", ".join("0" if d == 1 else f"i{a + off}" for a, d in enumerate(tshape))
+    return ", ".join(operand_axes(tshape, shape))
+
+
+def reduced_axes(r, shape):
+    """Per-axis index where reduction node r stores the value for the
+    current outer index."""
+    axes = r.attrs["axis"]
+    if r.attrs["keepdims"]:
+        return ["0" if a in axes else f"i{a}" for a in range(len(shape))]
+    return [f"i{a}" for a in range(len(shape)) if a not in axes]
 
 
 def reduced_index(r, shape):
-    """Where reduction node r stores the value for the current outer index."""
-    axes = r.attrs["axis"]
-    if r.attrs["keepdims"]:
-        idx = ["0" if a in axes else f"i{a}" for a in range(len(shape))]
-    else:
-        idx = [f"i{a}" for a in range(len(shape)) if a not in axes]
+    """`reduced_axes` as one subscript."""
+    idx = reduced_axes(r, shape)
     return ", ".join(idx) if idx else "()"
 
 
@@ -118,3 +128,106 @@ def view_chain(t):
         t = t.inputs[0]
         chain.append(t)
     return chain
+
+
+# ----- flat (1-d) addressing, for targets that keep every array flat --------------
+#
+# The CUDA target passes each buffer to its kernels as a flat C-ordered 1-d
+# array and computes offsets itself: views (transpose, reshape) then cost no
+# copy and no strided device array, only index arithmetic in the reader.
+
+def _product(dims):
+    """Source for the product of dims (ints and None = the batch size N),
+    constants folded: (None, 6, 7) -> "N * 42"."""
+    const, batch = 1, 0
+    for d in dims:
+        if d is None:
+            batch += 1
+        else:
+            const *= d
+    parts = ["N"] * batch + ([str(const)] if const != 1 or not batch else [])
+    return " * ".join(parts)
+
+
+def size_expr(shape):
+    """Source for the number of elements of `shape`."""
+    return _product(shape)
+
+
+def linear_index(idx, shape):
+    """Flat C-order offset of index expressions `idx` into an array of
+    `shape`; constant-zero and size-1 axes drop out."""
+    terms = []
+    for a, (i, d) in enumerate(zip(idx, shape)):
+        if i == "0" or d == 1:
+            continue
+        stride = _product(shape[a + 1:])
+        terms.append(i if stride == "1" else f"({i}) * {stride}" if not i.isidentifier() else f"{i} * {stride}")
+    return " + ".join(terms) if terms else "0"
+
+
+def split_index(flat, shape):
+    """Per-axis index expressions of the flat C-order offset `flat` (an
+    expression) into an array of `shape`."""
+    out = []
+    live = [a for a, d in enumerate(shape) if d != 1]
+    for a, d in enumerate(shape):
+        if d == 1:
+            out.append("0")
+            continue
+        stride = _product(shape[a + 1:])
+        q = flat if stride == "1" else f"({flat}) // ({stride})"
+        out.append(q if a == live[0] else f"({q}) % {dim_expr(d)}")
+    return out
+
+
+def flat_offset(t, idx):
+    """(base node, offset expression): where element `idx` of node t lives in
+    the flat buffer of the node its views alias. A reshape of a C-ordered
+    buffer keeps flat offsets; a transpose permutes the index; a reshape of
+    a transposed view goes through its flat index."""
+    chain = view_chain(t)
+    if all(n.op.name == "reshape" for n in chain[:-1]):
+        return chain[-1], linear_index(idx, t.shape)
+    x = t.inputs[0]
+    if t.op.name == "transpose":
+        inner = [None] * len(idx)
+        for a, p in enumerate(t.attrs["axes"]):
+            inner[p] = idx[a]
+        return flat_offset(x, inner)
+    return flat_offset(x, split_index(linear_index(idx, t.shape), x.shape))
+
+
+def inline_function(fn, args, prefix):
+    """Statements computing `fn(*args)` inline, for targets that cannot call
+    helper functions (CUDA kernels compiled to PTX without a driver):
+    returns (lines, result expression). Parameters become the argument
+    expressions and locals get `prefix`, so the helper's own source (one
+    definition, e.g. `uniform_hash`) stays the single source of truth."""
+    import ast
+    import inspect
+    import textwrap
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    params = [a.arg for a in tree.args.args]
+    bound = dict(zip(params, args))
+    local_names = {n.id for node in tree.body for n in ast.walk(node)
+                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+    class Rename(ast.NodeTransformer):
+        def visit_Name(self, node):
+            if node.id in bound:
+                return ast.copy_location(ast.parse(f"({bound[node.id]})", mode="eval").body, node)
+            if node.id in local_names:
+                return ast.copy_location(ast.Name(prefix + node.id, node.ctx), node)
+            return node
+
+    lines, result = [], None
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue   # the docstring
+        stmt = Rename().visit(stmt)
+        if isinstance(stmt, ast.Return):
+            result = stmt.value
+            break
+        lines.append(ast.unparse(stmt))
+    return lines, result

@@ -46,13 +46,36 @@ def apply(op, inputs, attrs, name=None):
     for i in inputs:
         if not isinstance(i, Tensor):
             raise TypeError(f"{op.name}: expected bpc tensors, got {type(i).__name__}")
-    try:
+    with checking(op.name, *inputs):
         shape, dtype = op.infer(inputs, attrs)
-    except ShapeError as e:
-        operands = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" for i in inputs)
-        from ..errors import user_location
-        raise ShapeError(f"{op.name}: {e} [operands: {operands or 'none'}] at {user_location()}") from None
     return Tensor("op", shape, np.dtype(dtype), name=name, op=op, inputs=inputs, attrs=attrs)
+
+
+class _LocatedShapeError(ShapeError):
+    """A ShapeError already naming its op, operands and the user's line."""
+
+
+class checking:
+    """Report a ShapeError raised inside as `opname: message [operands:
+    shapes] at file:line`. Shape rules run under it (in `apply`), and so do
+    checks a public function makes before building its op (axes, labels),
+    so every construction error reads the same way. (A class rather than a
+    generator so that no contextlib frame is mistaken for the user's line.)"""
+
+    def __init__(self, opname, *inputs):
+        self.opname, self.inputs = opname, inputs
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is None or not issubclass(kind, ShapeError) or isinstance(error, _LocatedShapeError):
+            return False
+        from ..errors import user_location
+        operands = ", ".join(f"{format_shape(i.shape)} {i.dtype.name}" for i in self.inputs
+                             if isinstance(i, Tensor))
+        raise _LocatedShapeError(f"{self.opname}: {error} [operands: {operands or 'none'}] "
+                                 f"at {user_location()}") from None
 
 
 # ----- helpers shared by the op definitions ---------------------------------

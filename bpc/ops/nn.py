@@ -7,8 +7,8 @@ and reduction. Only the random numbers of dropout need a primitive.
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph.tensor import Tensor, state, as_dtype
-from .core import Op, lift, require_float
+from ..graph.tensor import Tensor, state, as_dtype, format_shape
+from .core import Op, checking, lift, require_float
 from .elementwise import exp, log, sub, mul, equal, greater_equal, greater, where, softplus, stop_gradient, cast
 from .structural import sum, mean, max, reshape
 
@@ -17,7 +17,8 @@ def log_softmax(x, axis=-1):
     """log(softmax(x)), computed stably by subtracting the row maximum (a
     constant shift: softmax is invariant to it, so no gradient flows there)."""
     x = lift(x)
-    require_float([x], "log_softmax")
+    with checking("log_softmax", x):
+        require_float([x], "log_softmax")
     z = x - stop_gradient(max(x, axis, keepdims=True))
     return z - log(sum(exp(z), axis, keepdims=True))
 
@@ -25,7 +26,8 @@ def log_softmax(x, axis=-1):
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along `axis`, computed stably."""
     x = lift(x)
-    require_float([x], "softmax")
+    with checking("softmax", x):
+        require_float([x], "softmax")
     e = exp(x - stop_gradient(max(x, axis, keepdims=True)))
     return e / sum(e, axis, keepdims=True)
 
@@ -38,7 +40,8 @@ def one_hot(labels, depth, dtype="float32"):
     """
     labels = lift(labels)
     if labels.dtype.kind not in "iu":
-        raise ShapeError(f"one_hot: labels must be integers, '{labels.name}' is {labels.dtype.name}")
+        with checking("one_hot", labels):
+            raise ShapeError(f"labels must be integers, '{labels.name}' is {labels.dtype.name}")
     if labels.kind == "input":
         labels.attrs["label_depth"] = min(depth, labels.attrs.get("label_depth", depth))
     dt = as_dtype(dtype)
@@ -48,14 +51,15 @@ def one_hot(labels, depth, dtype="float32"):
 
 def _label_targets(logits, labels):
     labels = lift(labels)
-    if labels.dtype.kind in "iu":
-        if labels.shape != logits.shape[:-1]:
-            raise ShapeError(f"softmax_cross_entropy: integer labels must have shape {logits.shape[:-1]} "
-                             f"(logits without the class axis), got {labels.shape}")
-        return one_hot(labels, logits.shape[-1], logits.dtype)
-    if labels.shape != logits.shape:
-        raise ShapeError(f"softmax_cross_entropy: probability targets must have the logits' shape "
-                         f"{logits.shape}, got {labels.shape}")
+    with checking("softmax_cross_entropy", logits, labels):
+        if labels.dtype.kind in "iu":
+            if labels.shape != logits.shape[:-1]:
+                raise ShapeError(f"integer labels must have shape {format_shape(logits.shape[:-1])} "
+                                 f"(logits without the class axis), got {format_shape(labels.shape)}")
+            return one_hot(labels, logits.shape[-1], logits.dtype)
+        if labels.shape != logits.shape:
+            raise ShapeError(f"probability targets must have the logits' shape "
+                             f"{format_shape(logits.shape)}, got {format_shape(labels.shape)}")
     return labels
 
 
@@ -133,9 +137,10 @@ def dropout(x, rate=0.5, seed=0, training=True):
     this graph advances the counter after every call, so each step draws a
     new mask, and the sequence is the same on every target for a seed."""
     x = lift(x)
-    require_float([x], "dropout")
-    if not 0.0 <= rate < 1.0:
-        raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
+    with checking("dropout", x):
+        require_float([x], "dropout")
+        if not 0.0 <= rate < 1.0:
+            raise ShapeError(f"rate must be in [0, 1), got {rate}")
     if not training or rate == 0.0:
         return x
     counter = state(f"dropout_counter_{x.name}", np.int64(0))

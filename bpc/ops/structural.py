@@ -3,7 +3,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph.tensor import Tensor, as_shape, format_shape
-from .core import Op, lift, normalize_axes, require_float
+from .core import Op, checking, lift, normalize_axes, require_float
 from .elementwise import mul, div, equal, cast
 
 
@@ -50,7 +50,8 @@ _argmax = Op("argmax", "reduce", _reduce_infer(out_int=True),
 
 def _reduction(op, x, axis, keepdims):
     x = lift(x)
-    axes = normalize_axes(axis, x.ndim)
+    with checking(op.name, x):
+        axes = normalize_axes(axis, x.ndim)
     return op(x, axis=axes, keepdims=bool(keepdims))
 
 
@@ -62,7 +63,8 @@ def sum(x, axis=None, keepdims=False):
 def mean(x, axis=None, keepdims=False):
     """Mean over `axis` (an int, a tuple, or None for all axes)."""
     x = lift(x)
-    require_float([x], "mean")
+    with checking("mean", x):
+        require_float([x], "mean")
     return _reduction(_mean, x, axis, keepdims)
 
 
@@ -75,7 +77,8 @@ def argmax(x, axis=-1, keepdims=False):
     """Index of the maximum along one axis (int64; no gradient)."""
     x = lift(x)
     if not isinstance(axis, (int, np.integer)):
-        raise ShapeError(f"argmax: axis must be one int, got {axis!r}")
+        with checking("argmax", x):
+            raise ShapeError(f"axis must be one int, got {axis!r}")
     return _reduction(_argmax, x, axis, keepdims)
 
 

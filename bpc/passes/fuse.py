@@ -199,7 +199,7 @@ def plan(program):
     in_place, copies, order_k = _schedule(kernels, kernel_of_node, program, users,
                                          {o.id for o in program.outputs})
     for idx, k in enumerate(order_k):
-        k.name = f"k{idx}_{k.nodes[-1].name}"
+        k.name = f"k{idx}_{k.nodes[-1].op.name}"  # no node ids: the source must be stable
     buffers, specs = _assign_buffers(order_k, in_place, roots, inline)
     return Plan(order_k, roots, in_place, copies, buffers, specs, inline)
 

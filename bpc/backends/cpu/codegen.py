@@ -13,8 +13,9 @@ from ...ops.nn import uniform_hash
 from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
-# No 'nnan'/'ninf': NaN and Inf must stay observable (isnan, NaN-propagating max).
-FASTMATH = "{'contract', 'afn', 'reassoc', 'arcp', 'nsz'}"
+# No 'nnan'/'ninf' (NaN and Inf must stay observable) and no 'afn', which let LLVM
+# fold exp(log(x)) into x and so hide the NaN of log(-1).
+FASTMATH = "{'contract', 'reassoc', 'arcp', 'nsz'}"
 
 
 class Generator:

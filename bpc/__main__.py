@@ -1,0 +1,4 @@
+"""`python -m bpc ...`: the same as the `bpc` command."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Models for the command line (`bpc dot`, `bpc bench`, `bpc train`).
+
+A MODEL argument is either a built-in name or a path to a Python file.
+
+Built-in names
+--------------
+``mlp:64-64-64-10``  a multilayer perceptron with these layer sizes (input,
+                     hidden..., classes): `bpc.nn.Dense` layers with ReLU
+                     between them, a linear last layer, float32, mean softmax
+                     cross-entropy. ``mlp:64-32-10:tanh`` picks another
+                     hidden activation (any name in `bpc.nn.ACTIVATIONS`).
+``tiny`` / ``medium`` / ``large``  the benchmark workloads
+                     (mlp:64-64-64-10, mlp:784-256-256-10, mlp:784-1024-1024-10;
+                     `WORKLOADS` gives their batch sizes).
+
+Data of a built-in MLP: scikit-learn's bundled digits (1797 8x8 images,
+standardized, 20% held out for validation, stratified) when the sizes start
+at 64 and end at 10; otherwise a deterministic synthetic problem (Gaussian
+clusters, one per class) with the right number of features and classes.
+
+Model files
+-----------
+A model file is a Python file that defines:
+
+``build()`` (required)
+    Returns the model: a `bpc.nn` Module (anything callable as
+    ``model(x, training=...)`` with a ``.params`` list, e.g.
+    `bpc.nn.Sequential`), or a `ModelSpec` for full control.
+``data()`` (optional; `bpc train` needs it)
+    Returns the training data as NumPy arrays: ``(X, Y)`` or
+    ``(X_train, Y_train, X_val, Y_val)``.
+``INPUT_SHAPE`` (optional)
+    The shape of one example, e.g. ``(64,)``. Without it bpc uses the first
+    layer's ``in_features`` (a `bpc.nn.Dense` first layer), else ``data()``.
+``LOSS`` (optional)
+    ``"softmax_cross_entropy"`` (default; integer class labels), ``"mse"``
+    or ``"binary_cross_entropy_with_logits"``.
+
+For example::
+
+    import bpc
+
+    def build():
+        return bpc.nn.Sequential([bpc.nn.Dense(4, 16, "relu", seed=0),
+                                  bpc.nn.Dense(16, 3, seed=1)])
+
+    def data():
+        from sklearn.datasets import load_iris
+        X, Y = load_iris(return_X_y=True)
+        return X.astype("float32"), Y
+
+`ModelSpec.graph()` gives what the graph tools need: the input and label
+tensors, the model's output, the loss and the parameters.
+"""
+import importlib.util
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import nn, ops
+from .graph.tensor import Tensor, input as input_tensor
+
+
+class ModelError(ValueError):
+    """A model name or model file that cannot be used (the CLI prints the
+    message and exits with status 2)."""
+
+
+# loss name -> (bpc function (output, target) -> scalar, target kind)
+LOSSES = {
+    "softmax_cross_entropy": (ops.softmax_cross_entropy, "labels"),
+    "mse": (ops.mse, "values"),
+    "binary_cross_entropy_with_logits": (ops.binary_cross_entropy_with_logits, "values"),
+}
+
+# The training-step benchmark's workloads: name -> (model, batch size).
+WORKLOADS = {
+    "tiny": ("mlp:64-64-64-10", 32),
+    "medium": ("mlp:784-256-256-10", 128),
+    "large": ("mlp:784-1024-1024-10", 512),
+}
+
+
+@dataclass
+class ModelGraph:
+    """The tensors of one model's training graph."""
+    x: Tensor            # input batch, shape (None, *input_shape)
+    y: Tensor            # targets: int64 labels (None,) or values shaped like the output
+    output: Tensor       # the model's output (logits)
+    loss: Tensor         # scalar
+    params: list         # trainable parameters
+
+
+@dataclass
+class ModelSpec:
+    """A model plus what the command line needs to run it.
+
+    module:      a `bpc.nn` Module (callable `(x, training=...)`, `.params`).
+    input_shape: the shape of one example, e.g. (64,).
+    loss:        a name in `LOSSES`.
+    data:        `() -> (X, Y)` or `(X_train, Y_train, X_val, Y_val)`; optional.
+    layers:      the layer sizes when the model is a plain MLP (enables the
+                 GEMM bound from sizes and the PyTorch/JAX/NumPy comparisons).
+    activation:  the hidden activation of such an MLP.
+    """
+    name: str
+    module: object
+    input_shape: tuple
+    loss: str = "softmax_cross_entropy"
+    data: Optional[Callable] = None
+    dtype: str = "float32"
+    layers: Optional[tuple] = None
+    activation: str = "relu"
+    source: str = field(default="", repr=False)   # where it came from (file path or builtin)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ModelError(f"model '{self.name}': unknown loss {self.loss!r}; expected one of "
+                             f"{', '.join(LOSSES)}")
+        if not callable(self.module) or not hasattr(self.module, "params"):
+            raise ModelError(f"model '{self.name}': expected a bpc.nn Module (callable with .params), "
+                             f"got {type(self.module).__name__}")
+        try:
+            self.input_shape = tuple(int(d) for d in self.input_shape)
+        except (TypeError, ValueError):
+            raise ModelError(f"model '{self.name}': input_shape must be a tuple of ints, "
+                             f"got {self.input_shape!r}") from None
+
+    @property
+    def params(self):
+        return list(self.module.params)
+
+    def graph(self, training=True):
+        """Build the training graph: input, labels, output, loss, params."""
+        x = input_tensor("x", (None,) + self.input_shape, dtype=self.dtype)
+        out = self.module(x, training=training)
+        if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] is not None:
+            raise ModelError(f"model '{self.name}': its output must be a tensor with a leading batch "
+                             f"axis, got {out!r}")
+        fn, kind = LOSSES[self.loss]
+        if kind == "labels":
+            y = input_tensor("y", out.shape[:-1], dtype="int64")
+        else:
+            y = input_tensor("y", out.shape, dtype=self.dtype)
+        return ModelGraph(x, y, out, fn(out, y), self.params)
+
+    def sample_batch(self, batch, seed=0):
+        """Random inputs and targets of the right shapes and dtypes (for
+        benchmarks and drawings; no dataset needed)."""
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(batch,) + self.input_shape).astype(self.dtype)
+        g = self.graph(training=False)
+        shape = tuple(batch if d is None else d for d in g.y.shape)
+        if LOSSES[self.loss][1] == "labels":
+            Y = rng.integers(0, g.output.shape[-1], shape).astype(np.int64)
+        elif self.loss == "binary_cross_entropy_with_logits":
+            Y = rng.integers(0, 2, shape).astype(self.dtype)
+        else:
+            Y = rng.normal(size=shape).astype(self.dtype)
+        return X, Y
+
+    def load_data(self):
+        """(X_train, Y_train, X_val or None, Y_val or None)."""
+        if self.data is None:
+            raise ModelError(f"model '{self.name}' has no data: define data() in the model file "
+                             "(returning (X, Y) or (X_train, Y_train, X_val, Y_val))")
+        got = self.data()
+        if not isinstance(got, (tuple, list)) or len(got) not in (2, 4):
+            raise ModelError(f"model '{self.name}': data() must return (X, Y) or "
+                             f"(X_train, Y_train, X_val, Y_val), got {type(got).__name__}"
+                             + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+        got = [np.asarray(a) for a in got]
+        return (got[0], got[1], None, None) if len(got) == 2 else tuple(got)
+
+
+# ----- built-in MLPs --------------------------------------------------------------------------
+
+_MLP = re.compile(r"^mlp:(\d+(?:-\d+)+)(?::([a-z_]+))?$")
+
+
+def parse_mlp(name):
+    """(layer sizes, activation) of an `mlp:...` name, or None."""
+    m = _MLP.match(name.strip())
+    if not m:
+        return None
+    sizes = tuple(int(s) for s in m.group(1).split("-"))
+    return sizes, m.group(2) or "relu"
+
+
+def mlp(sizes, activation="relu", seed=0, dtype="float32", data=None):
+    """A `ModelSpec` for an MLP with these layer sizes."""
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ModelError(f"an MLP needs at least two positive layer sizes, got {'-'.join(map(str, sizes))}")
+    if activation not in nn.ACTIVATIONS or activation in (None, "linear", "softmax", "log_softmax"):
+        names = [k for k in nn.ACTIVATIONS if k not in (None, "linear", "softmax", "log_softmax")]
+        raise ModelError(f"unknown hidden activation {activation!r}; expected one of {', '.join(names)}")
+    last = len(sizes) - 2
+    layers = [nn.Dense(a, b, activation if i < last else None, seed=seed + i, name=f"layer{i + 1}", dtype=dtype)
+              for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    name = "mlp:" + "-".join(map(str, sizes)) + ("" if activation == "relu" else f":{activation}")
+    if data is None:
+        data = digits_data if (sizes[0] == 64 and sizes[-1] == 10) else (
+            lambda: synthetic_data(sizes[0], sizes[-1]))
+    return ModelSpec(name, nn.Sequential(layers, name="mlp"), (sizes[0],), "softmax_cross_entropy", data,
+                     dtype, sizes, activation, source="builtin")
+
+
+def digits_data(seed=0):
+    """scikit-learn's digits, standardized with training statistics, 20%
+    held out (stratified): (X_train, Y_train, X_val, Y_val), float32."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ModelError("the digits data needs scikit-learn: pip install scikit-learn "
+                         "(or pip install 'bpc[examples]')") from None
+    from .data import train_test_split
+    d = load_digits()
+    Xt, Xv, Yt, Yv = train_test_split(d.data, d.target, 0.2, seed=seed, stratify=True)
+    mean, std = Xt.mean(axis=0), Xt.std(axis=0) + 1.0   # +1: blank border pixels have std 0
+    return ((Xt - mean) / std).astype(np.float32), Yt.astype(np.int64), \
+        ((Xv - mean) / std).astype(np.float32), Yv.astype(np.int64)
+
+
+def synthetic_data(features, classes, n=2048, seed=0):
+    """Gaussian clusters, one per class, 20% held out:
+    (X_train, Y_train, X_val, Y_val), float32 features, int64 labels."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.0, (classes, features))
+    Y = rng.integers(0, classes, n)
+    X = (centers[Y] + rng.normal(0.0, 1.0, (n, features))).astype(np.float32)
+    k = n // 5
+    return X[k:], Y[k:].astype(np.int64), X[:k], Y[:k].astype(np.int64)
+
+
+# ----- model files ----------------------------------------------------------------------------
+
+def _import_file(path):
+    name = "bpc_model_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot load model file '{path}' (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ModelError:
+        raise
+    except Exception as e:
+        del sys.modules[name]
+        raise ModelError(f"model file '{path}' failed to import: {type(e).__name__}: {e}") from e
+    return module
+
+
+def _first_in_features(module):
+    layers = getattr(module, "layers", None)
+    first = layers[0] if layers else module
+    n = getattr(first, "in_features", None)
+    return (int(n),) if n is not None else None
+
+
+def load_file(path):
+    """The `ModelSpec` of a model file (see the module docstring)."""
+    if not os.path.isfile(path):
+        raise ModelError(f"model file '{path}' not found (MODEL is a built-in name such as "
+                         f"mlp:64-64-64-10 or a path to a .py file defining build())")
+    module = _import_file(path)
+    build = getattr(module, "build", None)
+    if not callable(build):
+        raise ModelError(f"model file '{path}' must define build() returning a bpc.nn Module "
+                         "or a bpc.models.ModelSpec")
+    try:
+        built = build()
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"build() in model file '{path}' failed: {type(e).__name__}: {e}") from e
+    name = os.path.splitext(os.path.basename(path))[0]
+    data = getattr(module, "data", None)
+    if data is not None and not callable(data):
+        raise ModelError(f"model file '{path}': data must be a function returning arrays")
+    if isinstance(built, ModelSpec):
+        if built.data is None and data is not None:
+            built.data = data
+        built.source = built.source or path
+        return built
+    shape = getattr(module, "INPUT_SHAPE", None) or _first_in_features(built)
+    if shape is None and data is not None:
+        shape = np.asarray(data()[0]).shape[1:]
+    if shape is None:
+        raise ModelError(f"model file '{path}': cannot tell the input shape; set INPUT_SHAPE = (...) "
+                         "or define data()")
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not callable(built) or not hasattr(built, "params"):
+        raise ModelError(f"build() in model file '{path}' returned a {type(built).__name__}; expected a "
+                         "bpc.nn Module (callable with .params) or a bpc.models.ModelSpec")
+    return ModelSpec(name, built, tuple(shape), getattr(module, "LOSS", "softmax_cross_entropy"), data,
+                     source=path)
+
+
+def load(model, seed=0):
+    """A `ModelSpec` from a built-in name or a model file path."""
+    if isinstance(model, ModelSpec):
+        return model
+    if not isinstance(model, str) or not model.strip():
+        raise ModelError(f"expected a model name or file, got {model!r}")
+    if model in WORKLOADS:
+        model = WORKLOADS[model][0]
+    parsed = parse_mlp(model)
+    if parsed is not None:
+        return mlp(parsed[0], parsed[1], seed=seed)
+    if model.startswith("mlp:"):
+        raise ModelError(f"bad built-in model {model!r}: write layer sizes joined by '-', e.g. "
+                         "mlp:64-64-64-10 (optionally :tanh for another hidden activation)")
+    if model.endswith(".py") or os.sep in model or os.path.exists(model):
+        return load_file(model)
+    raise ModelError(f"unknown model {model!r}: use a built-in name (mlp:64-64-64-10, "
+                     f"{', '.join(WORKLOADS)}) or a path to a .py file defining build()")
+
+
+__all__ = ["ModelSpec", "ModelGraph", "ModelError", "load", "load_file", "mlp", "parse_mlp",
+           "digits_data", "synthetic_data", "LOSSES", "WORKLOADS"]

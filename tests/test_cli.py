@@ -1,0 +1,308 @@
+"""The `bpc` command line: dot, bench, train, model files and errors.
+
+Every command runs on tiny models; compilation is avoided where it is not
+the point (`--target interpret`; `bpc dot --fused` only generates code), so
+this file runs in seconds. Timings are never asserted.
+"""
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import bpc
+from bpc import cli
+from bpc.models import ModelError, ModelSpec, load as load_model
+
+pydot = pytest.importorskip("pydot")
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Generated modules go to a throw-away cache."""
+    monkeypatch.setenv("BPC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run_cli(*argv):
+    """main(argv) -> exit status (0 when it returns normally)."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def parse_dot(path):
+    graphs = pydot.graph_from_dot_file(str(path))
+    assert graphs, f"pydot could not parse {path}"
+    return graphs[0]
+
+
+MODEL_FILE = '''
+import numpy as np
+import bpc
+
+INPUT_SHAPE = (5,)
+
+def build():
+    return bpc.nn.Sequential([bpc.nn.Dense(5, 6, "tanh", seed=0, name="h"),
+                              bpc.nn.Dense(6, 2, seed=1, name="out")])
+
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 5)).astype(np.float32)
+    return X, (X[:, 0] > 0).astype(np.int64)
+'''
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "my_model.py"
+    path.write_text(textwrap.dedent(MODEL_FILE))
+    return path
+
+
+# ----- help -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--help"], ["dot", "--help"], ["bench", "--help"], ["train", "--help"]])
+def test_help(argv, capsys):
+    assert run_cli(*argv) == 0
+    out = capsys.readouterr().out
+    assert "usage: bpc" in out
+    assert "MODEL" in out or "COMMAND" in out
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "bpc", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert bpc.__version__ in proc.stdout
+
+
+def test_no_command_is_an_error(capsys):
+    assert run_cli() == 2
+    assert "required" in capsys.readouterr().err
+
+
+# ----- bpc dot ------------------------------------------------------------------------------------
+
+def test_dot_forward_graph_parses(tmp_path):
+    out = tmp_path / "forward.dot"
+    assert run_cli("dot", "mlp:8-8-3", "-o", out) == 0
+    g = parse_dot(out)
+    labels = " ".join(str(n.get("label")) for n in g.get_nodes())
+    assert "matmul" in labels and "layer1_W" in labels
+    assert "cluster_backward" not in out.read_text()
+
+
+def test_dot_grad_graph_has_backward_cluster(tmp_path):
+    out = tmp_path / "grad.dot"
+    assert run_cli("dot", "mlp:8-8-3", "--grad", "-o", out) == 0
+    g = parse_dot(out)
+    assert any(s.get_name() == "cluster_backward" for s in g.get_subgraphs())
+
+
+def test_dot_fused_draws_kernels_as_clusters(tmp_path):
+    out = tmp_path / "fused.dot"
+    assert run_cli("dot", "mlp:8-8-3", "--fused", "-o", out) == 0   # code generation only, no compile
+    g = parse_dot(out)
+    kernels = [s for s in g.get_subgraphs() if s.get_name().startswith("cluster_k")]
+    assert len(kernels) >= 3
+    assert "fused kernels" in out.read_text()
+
+
+def test_dot_to_stdout_and_text_listing(capsys):
+    assert run_cli("dot", "mlp:4-3", "--grad") == 0
+    text = capsys.readouterr().out
+    assert pydot.graph_from_dot_data(text)
+    assert run_cli("dot", "mlp:4-3", "--grad", "--text", "--optimize") == 0
+    listing = capsys.readouterr().out
+    assert "params: layer1_W:f32[4,3]" in listing and "matmul" in listing
+
+
+def test_dot_image_without_graphviz_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert run_cli("dot", "mlp:4-3", "-o", tmp_path / "g.svg") == 1
+    err = capsys.readouterr().err
+    assert "Graphviz" in err and "apt-get install graphviz" in err
+    assert not (tmp_path / "g.svg").exists()
+
+
+def test_dot_of_a_model_file(model_file, tmp_path):
+    out = tmp_path / "m.dot"
+    assert run_cli("dot", model_file, "--grad", "-o", out) == 0
+    labels = " ".join(str(n.get("label")) for n in parse_dot(out).get_nodes())
+    assert "h_W" in labels and "tanh" in labels
+
+
+# ----- errors ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["dot", "no_such_model.py"], "model file 'no_such_model.py' not found"),
+    (["train", "missing/dir/model.py"], "not found"),
+    (["bench", "--model", "nothere.py", "--no-progress"], "not found"),
+    (["dot", "mlp:8"], "bad built-in model"),
+    (["dot", "resnet"], "unknown model 'resnet'"),
+    (["dot", "mlp:8-4:nope"], "unknown hidden activation"),
+    (["train", "mlp:4-3", "--optimizer", "nope"], "unknown 'nope'"),
+    (["train", "mlp:4-3", "--epochs", "0"], "expected a positive int"),
+    (["train", "mlp:4-3", "--lr", "-1"], "expected a positive float"),
+    (["bench", "--threads", "0"], "expected a positive int"),
+    (["bench", "--compare", "tensorflow"], "unknown tensorflow"),
+    (["bench", "--target", "gpu"], "invalid choice"),
+    (["bench", "--batches", "1,x"], "comma-separated"),
+    (["dot", "mlp:4-3", "--grad", "--fused"], "not allowed with"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gives_clear_error_and_nonzero_exit(argv, message, capsys, tmp_path):
+    code = run_cli(*argv, *(["--out", tmp_path / "o"] if argv[0] == "bench" else []))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_model_file_without_build(tmp_path, capsys):
+    path = tmp_path / "empty.py"
+    path.write_text("x = 1\n")
+    assert run_cli("dot", path) == 2
+    assert "must define build()" in capsys.readouterr().err
+
+
+def test_model_file_that_fails_to_import(tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text("import no_such_module_here\n")
+    assert run_cli("dot", path) == 2
+    assert "failed to import: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_train_without_data_function(tmp_path, capsys):
+    path = tmp_path / "nodata.py"
+    path.write_text("import bpc\ndef build():\n    return bpc.nn.Dense(3, 2, seed=0)\n")
+    assert run_cli("train", path, "--target", "interpret", "--out", "") == 2
+    assert "has no data: define data()" in capsys.readouterr().err
+
+
+def test_process_exit_status_for_missing_file():
+    proc = subprocess.run([sys.executable, "-m", "bpc", "dot", "does_not_exist.py"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----- models ---------------------------------------------------------------------------------------
+
+def test_builtin_mlp_spec():
+    spec = load_model("mlp:8-5-3")
+    assert spec.layers == (8, 5, 3) and spec.input_shape == (8,)
+    g = spec.graph()
+    assert g.x.shape == (None, 8) and g.y.dtype == np.int64 and g.loss.shape == ()
+    assert [p.name for p in g.params] == ["layer1_W", "layer1_b", "layer2_W", "layer2_b"]
+    X, Y = spec.sample_batch(4)
+    assert X.shape == (4, 8) and X.dtype == np.float32 and Y.max() < 3
+    Xt, Yt, Xv, Yv = spec.load_data()          # synthetic: not 64-...-10
+    assert Xt.shape[1] == 8 and set(np.unique(Yt)) <= {0, 1, 2} and len(Xv) > 0
+
+
+def test_model_file_spec(model_file):
+    spec = load_model(str(model_file))
+    assert isinstance(spec, ModelSpec) and spec.input_shape == (5,) and spec.name == "my_model"
+    X, Y, Xv, Yv = spec.load_data()
+    assert X.shape == (64, 5) and Xv is None
+
+
+def test_model_file_may_return_a_spec(tmp_path):
+    path = tmp_path / "spec_model.py"
+    path.write_text(textwrap.dedent('''
+        import bpc
+        from bpc.models import ModelSpec
+        def build():
+            return ModelSpec("regressor", bpc.nn.Dense(3, 1, seed=0), (3,), loss="mse")
+    '''))
+    spec = load_model(str(path))
+    g = spec.graph()
+    assert spec.name == "regressor" and g.y.shape == (None, 1) and g.y.dtype == np.float32
+    with pytest.raises(ModelError, match="has no data"):
+        spec.load_data()
+
+
+# ----- bpc train ------------------------------------------------------------------------------------
+
+def test_train_writes_history(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli("train", "mlp:8-8-3", "--epochs", 2, "--batch-size", 64, "--target", "interpret",
+                   "--optimizer", "sgd", "--lr", 0.1, "--quiet", "--out", out, "--no-plot", "--save", out / "m.npz")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "epoch" in printed and "val_loss" in printed
+    saved = json.loads((out / "history.json").read_text())
+    assert saved["optimizer"] == "sgd" and saved["lr"] == pytest.approx(0.1)
+    h = saved["history"]
+    assert len(h["loss"]) == 2 and len(h["val_loss"]) == 2 and "accuracy" in h
+    assert all(np.isfinite(h["loss"]))
+    with open(out / "history.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "epoch" and "loss" in rows[0] and len(rows) == 3
+    assert (out / "m.npz").exists()
+
+
+def test_train_a_model_file(model_file, tmp_path):
+    assert run_cli("train", model_file, "--epochs", 1, "--target", "interpret", "--quiet",
+                   "--out", tmp_path / "r", "--no-plot") == 0
+    h = json.loads((tmp_path / "r" / "history.json").read_text())["history"]
+    assert len(h["loss"]) == 1 and "val_loss" in h     # 20% held out by default
+
+
+# ----- bpc bench --------------------------------------------------------------------------------------
+
+def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench"
+    mlp_step = cli.bench_module("mlp_step")
+    # jax "not installed": it must be skipped with a note, not fail.
+    real = mlp_step.framework_available
+    monkeypatch.setattr(mlp_step, "framework_available", lambda name: name != "jax" and real(name))
+    code = run_cli("bench", "--model", "mlp:8-8-3", "--batch-size", 4, "--target", "interpret", "--quick",
+                   "--compare", "numpy,jax", "--batches", "1,4", "--widths", "8", "--width-batch", 4,
+                   "--no-progress", "--out", out)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "interp/comp" in printed and "GEMM-only" in printed and "crossover" in printed
+
+    report = json.loads((out / "mlp_step.json").read_text())
+    for key in ("benchmark", "date", "machine", "settings", "threads", "workloads", "notes"):
+        assert key in report
+    assert report["machine"]["cores"] >= 1
+    assert "numba_threads" in report["threads"] and "blas" in report["threads"]
+    w, = report["workloads"]
+    assert (w["model"], w["batch"], w["target"]) == ("mlp:8-8-3", 4, "interpret")
+    for method in ("interpreted", "compiled", "gemm_only", "numpy"):
+        st = w["results"][method]
+        assert 0 < st["min"] <= st["q1"] <= st["median"] <= st["q3"] <= st["max"]
+        assert st["rounds"] == 3
+    assert "jax" not in w["results"] and any("jax skipped: not installed" in n for n in w["notes"])
+    assert w["ratio"]["median"] > 0 and w["compiled_over_gemm"]["median"] > 0
+    assert w["cold_compile_s"] > 0 and w["warm_start_s"] > 0
+    assert len(w["gemm_products"]) == 5          # 2 layers: 2 forward, 2 weight and 1 input gradient
+    with open(out / "mlp_step.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["compiled_median_s"]) > 0 and rows[0]["ratio_median"]
+
+    scaling = json.loads((out / "scaling.json").read_text())
+    assert [(p["sweep"], p["x"]) for p in scaling["points"]] == [("batch", 1), ("batch", 4), ("width", 8)]
+    assert set(scaling["crossovers"]["batch"]) == {"blas_dominates", "compiled_gemm", "overhead_fades"}
+    for name in ("mlp_step.png", "scaling.png", "scaling.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_gemm_bound_matches_the_steps_products():
+    """An L-layer MLP step has 3L-1 products: L forward, L weight gradients,
+    L-1 input gradients (none for the data)."""
+    mlp_step = cli.bench_module("mlp_step")
+    fn, _ = mlp_step.sgd_step(load_model("mlp:6-5-4-3"), "interpret")
+    gemm, desc = mlp_step.gemm_bound(fn, 7)
+    assert len(desc) == 8
+    assert "7x6 @ 6x5" in desc                    # forward, first layer
+    assert any("ᵀ" in d for d in desc)            # gradients use transposed views
+    assert gemm() == 0

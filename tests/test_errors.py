@@ -1,0 +1,257 @@
+"""Errors users get: at graph construction (bpc.ShapeError naming the op,
+the operand shapes and the user's file:line), at call time (bpc.CallError
+before anything runs) and at run time (check_numerics naming the first node
+that produced a NaN or Inf)."""
+import functools
+import inspect
+
+import numpy as np
+import pytest
+
+import bpc
+
+
+# ----- graph construction ----------------------------------------------------------------
+
+def construction_error(build):
+    """Run `build` (a one-line lambda) expecting a ShapeError; return the
+    message and the "test_errors.py:<line>" it must name: the lambda's own
+    line, read from its code object."""
+    with pytest.raises(bpc.ShapeError) as info:
+        build()
+    return str(info.value), f"test_errors.py:{build.__code__.co_firstlineno}"
+
+
+def this_line():
+    """"test_errors.py:<line>" of the caller's current line."""
+    return f"test_errors.py:{inspect.currentframe().f_back.f_lineno}"
+
+
+def test_shape_error_is_a_value_error():
+    """Code that catches ValueError also catches bpc's shape errors."""
+    assert issubclass(bpc.ShapeError, ValueError) and issubclass(bpc.CallError, ValueError)
+
+
+def test_add_broadcast_mismatch_names_op_shapes_and_line():
+    """(N, 4) + (3,) cannot broadcast: the error names add, both shapes, the line."""
+    x, v = bpc.input("x", (None, 4)), bpc.input("v", (3,))
+    msg, line = construction_error(lambda: x + v)
+    assert msg.startswith("add:") and "(N, 4)" in msg and "(3,)" in msg and line in msg, msg
+
+
+def test_batch_dimension_only_broadcasts_with_itself_or_one():
+    """A declared batch (N) never matches a fixed size, and the message says so."""
+    x, m = bpc.input("x", (None, 4)), bpc.input("m", (5, 4))
+    msg, line = construction_error(lambda: bpc.mul(x, m))
+    assert msg.startswith("mul:") and "(N, 4)" in msg and "(5, 4)" in msg and line in msg, msg
+    assert "batch size" in msg
+
+
+def test_matmul_inner_dimension_mismatch_names_op_shapes_and_line():
+    """(N, 4) @ (5, 3): inner dimensions 4 and 5 differ."""
+    x, w = bpc.input("x", (None, 4)), bpc.param("w", (5, 3))
+    msg, line = construction_error(lambda: x @ w)
+    assert msg.startswith("matmul:") and "(N, 4)" in msg and "(5, 3)" in msg and line in msg, msg
+    assert "inner dimensions" in msg
+
+
+def test_matmul_rejects_non_matrices():
+    """matmul is for 2-d operands; a vector is an error that says what to do."""
+    x, v = bpc.input("x", (None, 4)), bpc.input("v", (4,))
+    msg, line = construction_error(lambda: bpc.matmul(x, v))
+    assert msg.startswith("matmul:") and "2-d" in msg and "(4,)" in msg and line in msg, msg
+
+
+def test_reshape_errors_name_shapes_and_line():
+    """Element counts must agree, and the batch dimension must be kept."""
+    x = bpc.input("x", (None, 6))
+    msg, line = construction_error(lambda: bpc.reshape(x, (None, 4)))
+    assert msg.startswith("reshape:") and "(N, 6)" in msg and "(None, 4)" in msg and line in msg, msg
+    msg, line = construction_error(lambda: bpc.reshape(x, (6, 5)))
+    assert msg.startswith("reshape:") and "batch" in msg and line in msg, msg
+    msg, line = construction_error(lambda: x.reshape(None, -1, -1))
+    assert msg.startswith("reshape:") and "-1" in msg and line in msg, msg
+
+
+def test_softmax_cross_entropy_bad_labels_names_op_shapes_and_line():
+    """Integer labels must have the logits' shape without the class axis;
+    probability targets must have the logits' shape."""
+    logits = bpc.input("logits", (None, 7))
+    labels = bpc.input("labels", (None, 2), dtype="int64")
+    msg, line = construction_error(lambda: bpc.softmax_cross_entropy(logits, labels))
+    assert msg.startswith("softmax_cross_entropy:") and "(N, 7)" in msg and "(N, 2)" in msg and line in msg, msg
+    targets = bpc.input("targets", (None, 6))
+    msg, line = construction_error(lambda: bpc.softmax_cross_entropy(logits, targets))
+    assert msg.startswith("softmax_cross_entropy:") and "(N, 7)" in msg and "(N, 6)" in msg and line in msg, msg
+
+
+@pytest.mark.parametrize("build, op, fragment", [
+    (lambda x, k: bpc.sum(x, axis=2), "sum", "axis 2 is out of range"),
+    (lambda x, k: bpc.max(x, axis=(1, 1)), "max", "repeated axis"),
+    (lambda x, k: bpc.mean(k), "mean", "floating-point"),
+    (lambda x, k: bpc.log(k), "log", "floating-point"),
+    (lambda x, k: bpc.softmax(k), "softmax", "floating-point"),
+    (lambda x, k: bpc.argmax(x, axis=(0, 1)), "argmax", "one int"),
+    (lambda x, k: bpc.transpose(x, (0, 3)), "transpose", "permutation"),
+    (lambda x, k: bpc.broadcast_to(x, (7, 3)), "broadcast_to", "(N, 6)"),
+    (lambda x, k: bpc.one_hot(x, 3), "one_hot", "integers"),
+    (lambda x, k: bpc.dropout(x, rate=1.0), "dropout", "rate"),
+], ids=["sum-axis", "max-repeated-axis", "mean-int", "log-int", "softmax-int", "argmax-axes", "transpose-axes",
+        "broadcast_to", "one_hot-float", "dropout-rate"])
+def test_every_construction_error_names_op_operand_and_line(build, op, fragment):
+    """Checks made before an op is built (axes, dtypes, arguments) report
+    like shape rules do: op name, operand shapes, the user's line."""
+    x, k = bpc.input("x", (None, 6)), bpc.input("k", (None,), dtype="int64")
+    with pytest.raises(bpc.ShapeError) as info:
+        build(x, k)
+    msg = str(info.value)
+    line = f"test_errors.py:{build.__code__.co_firstlineno}"
+    assert msg.startswith(op + ":") and fragment in msg and "[operands:" in msg and line in msg, msg
+
+
+def test_function_needs_every_input_the_graph_uses():
+    """A graph input left out of bpc.function's inputs is named, with where it was declared."""
+    x, y = bpc.input("x", (None, 3)), bpc.input("y", (None, 3))
+    with pytest.raises(bpc.ShapeError, match=r"needs input 'y' \(declared at .*test_errors.py:\d+"):
+        bpc.function([x], x + y, target="interpret")
+
+
+# ----- call time ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def classifier(target):
+    """One compiled function per target, shared by the call-error tests:
+    f(x: f32[N,4], mask: f32[N,1], y: i64[N]) -> loss, with 3 classes."""
+    x = bpc.input("x", (None, 4))
+    mask = bpc.input("mask", (None, 1))
+    y = bpc.input("y", (None,), dtype="int64")
+    W = bpc.param("W", (4, 3), seed=0)
+    loss = bpc.softmax_cross_entropy((x * mask) @ W, y)
+    return bpc.function([x, mask, y], loss, target=target)
+
+
+def good_args(batch=5):
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(batch, 4)).astype(np.float32), np.ones((batch, 1), np.float32),
+            rng.integers(0, 3, batch))
+
+
+def test_valid_call_runs(target):
+    """The baseline: positional and keyword calls work and agree."""
+    f = classifier(target)
+    x, mask, y = good_args()
+    a, b = f(x, mask, y), f(y=y, x=x, mask=mask)
+    assert np.isfinite(a) and a == b
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda f, x, m, y: f(x, m), "missing 'y'"),
+    (lambda f, x, m, y: f(x), "missing 'mask', 'y'"),
+    (lambda f, x, m, y: f(x, m, y, y), "takes 3 arguments, got 4"),
+    (lambda f, x, m, y: f(x, m, y, z=y), "unexpected argument 'z'"),
+    (lambda f, x, m, y: f(x, m, y, x=x), "two values for 'x'"),
+], ids=["missing-one", "missing-two", "extra-positional", "extra-keyword", "duplicate"])
+def test_bad_argument_lists_raise_call_error(target, call, fragment):
+    """Missing, extra and duplicated arguments are named, with where the function was built."""
+    f = classifier(target)
+    with pytest.raises(bpc.CallError) as info:
+        call(f, *good_args())
+    assert fragment in str(info.value) and "test_errors.py:" in str(info.value), str(info.value)
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+@pytest.mark.parametrize("index, value, fragment", [
+    (0, np.zeros((5, 4, 1), np.float32), "expected a 2-d array"),
+    (0, np.zeros(4, np.float32), "expected a 2-d array"),
+    (0, np.zeros((5, 3), np.float32), "axis 1 must be 4, got 3"),
+    (1, np.ones((4, 1), np.float32), "batch dimension (axis 0) is 4, but an earlier input has batch size 5"),
+    (2, np.zeros(6, np.int64), "batch dimension (axis 0) is 6"),
+    (2, np.zeros(5, np.float64), "expected int64, got float64"),
+    (2, np.array([0, 1, 3, 2, 0]), "label 3 is outside [0, 3)"),
+    (2, np.array([0, 1, -1, 2, 0]), "label -1 is outside [0, 3)"),
+    (0, np.full((5, 4), "a"), "expected float32 numbers"),
+], ids=["rank-3", "rank-1", "static-dim", "batch-mismatch", "batch-mismatch-labels", "float-labels",
+        "label-too-big", "label-negative", "strings"])
+def test_bad_arrays_raise_call_error_before_running(target, index, value, fragment):
+    """Wrong rank, wrong static dimension, inconsistent batch sizes, floats
+    for integer labels, labels outside [0, classes) and non-numbers: a
+    CallError naming the input, raised before any kernel runs (the params
+    are untouched and a later good call still works)."""
+    f = classifier(target)
+    args = good_args()
+    with pytest.raises(bpc.CallError) as info:
+        f(*_replace(args, index, value))
+    assert fragment in str(info.value), str(info.value)
+    assert f.inputs[index].name in str(info.value) or "label" in fragment
+    assert np.isfinite(f(*args))
+
+
+def test_empty_batch_is_a_call_error(target):
+    """Zero rows: nothing sensible to compute (a mean over no rows), so an error."""
+    f = classifier(target)
+    x, mask, y = good_args()
+    with pytest.raises(bpc.CallError, match="empty batch"):
+        f(x[:0], mask[:0], y[:0])
+
+
+def test_safe_conversions_are_accepted(target):
+    """Arguments that convert without losing information are accepted:
+    float64 for float32 (same kind), ints for floats, int32 for int64,
+    non-contiguous views."""
+    f = classifier(target)
+    x, mask, y = good_args()
+    expected = f(x, mask, y)
+    np.testing.assert_allclose(f(x.astype(np.float64), np.ones((5, 1), np.int64), y.astype(np.int32)),
+                               expected, rtol=1e-6)
+    wide = np.repeat(x, 2, axis=1)[:, ::2]      # a strided view with the same values
+    np.testing.assert_allclose(f(wide, mask, y), expected, rtol=1e-6)
+
+
+# ----- run time: check_numerics ------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy warns about the NaN/Inf on purpose
+def test_check_numerics_names_the_first_node_producing_nan(target):
+    """log of a negative input makes the first NaN: the error names that
+    log node and the line that built it, not the nodes downstream."""
+    x = bpc.input("x", (None, 3), dtype="float64")
+    h = bpc.log(x, name="log_of_x"); log_line = this_line()
+    out = bpc.sum(bpc.exp(h) * 2.0 + 1.0)
+    f = bpc.function([x], out, target=target, check_numerics=True)
+    assert np.isfinite(f(np.ones((4, 3))))
+    with pytest.raises(FloatingPointError) as info:
+        f(np.array([[1.0, 2.0, 3.0], [1.0, -1.0, 2.0]]))
+    msg = str(info.value)
+    assert "'log_of_x'" in msg and "log," in msg and log_line in msg, msg
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy warns about the NaN/Inf on purpose
+def test_check_numerics_names_an_infinite_division_and_a_nan_input(target):
+    """Inf counts too (1/0), and a NaN fed in is blamed on the input itself."""
+    x = bpc.input("x", (None, 2), dtype="float64")
+    inverse = 1.0 / x; div_line = this_line()
+    f = bpc.function([x], bpc.sum(inverse * x), target=target, check_numerics=True)
+    with pytest.raises(FloatingPointError) as info:
+        f(np.array([[1.0, 0.0]]))
+    assert f"'{inverse.name}' (div, built at" in str(info.value) and div_line in str(info.value), str(info.value)
+    with pytest.raises(FloatingPointError, match=r"'x' \(input"):
+        f(np.array([[1.0, np.nan]]))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy warns about the NaN/Inf on purpose
+def test_check_numerics_in_a_training_step_blames_the_forward_node(target):
+    """With updates, the check re-runs on the values from before the step,
+    so it still names the node that made the first NaN (the sqrt)."""
+    x = bpc.input("x", (None, 3), dtype="float64")
+    w = bpc.param("w", np.ones(3))
+    r = bpc.sqrt(x * w, name="root")
+    loss = bpc.mean(r)
+    step = bpc.function([x], loss, updates={w: w - 0.1 * bpc.grad(loss, w)}, target=target,
+                        check_numerics=True)
+    step(np.ones((2, 3)))
+    with pytest.raises(FloatingPointError, match=r"'root' \(sqrt"):
+        step(np.array([[1.0, -4.0, 1.0]]))

@@ -1,0 +1,123 @@
+"""Layers: Dense and Sequential against NumPy, dropout in training and
+inference, the L2 penalty, and errors."""
+import numpy as np
+import pytest
+
+import bpc
+from bpc import nn
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_dense_and_sequential_match_numpy_and_l2_penalty(target):
+    model = nn.Sequential([
+        nn.Dense(3, 5, "tanh", seed=0, name="a", dtype="float64"),
+        nn.Dense(5, 4, "relu", seed=1, name="b", dtype="float64"),
+        nn.Dense(4, 2, "sigmoid", seed=2, name="c", dtype="float64"),
+    ])
+    for layer in model.layers:   # non-zero biases, so they are tested too
+        layer.b.value = np.linspace(-0.5, 0.5, layer.out_features)
+    x = bpc.input("x", (None, 3), dtype="float64")
+    penalty = nn.l2_penalty(model.params, 0.01)
+    W_a = model.layers[0].W
+    f = bpc.function([x], [model(x), penalty, bpc.grad(penalty, W_a)], target=target)
+    X = np.random.default_rng(0).normal(size=(7, 3))
+    out, pen, g = f(X)
+
+    h = X
+    for layer, act in zip(model.layers, (np.tanh, lambda z: np.maximum(z, 0), _sigmoid)):
+        h = act(h @ layer.W.value + layer.b.value)
+    np.testing.assert_allclose(out, h, rtol=1e-10)
+    np.testing.assert_allclose(pen, 0.01 * sum(np.sum(p.value ** 2) for p in model.params), rtol=1e-10)
+    np.testing.assert_allclose(g, 0.02 * W_a.value, rtol=1e-10)
+
+
+def test_dense_params_names_and_initializers():
+    d = nn.Dense(64, 32, "relu", seed=0, name="hidden")
+    assert [p.name for p in d.params] == ["hidden_W", "hidden_b"]
+    assert d.W.shape == (64, 32) and d.b.shape == (32,) and np.all(d.b.value == 0)
+    # he_normal for relu: std sqrt(2 / fan_in)
+    assert d.W.value.std() == pytest.approx(np.sqrt(2 / 64), rel=0.1)
+    lin = nn.Dense(64, 32, seed=0)
+    limit = np.sqrt(6 / (64 + 32))  # glorot_uniform otherwise
+    assert np.abs(lin.W.value).max() <= limit and lin.W.value.std() == pytest.approx(limit / np.sqrt(3), rel=0.1)
+    same = nn.Dense(64, 32, seed=0)
+    assert np.array_equal(same.W.value, lin.W.value)          # deterministic for a seed
+    assert lin.name != same.name                              # distinct default names
+    assert nn.Dense(2, 2, bias=False).params[0].shape == (2, 2) and len(nn.Dense(2, 2, bias=False).params) == 1
+
+
+def test_sequential_keys_params_and_plain_functions():
+    model = nn.Sequential([nn.Dense(4, 8, seed=0, name="l1"), bpc.relu, nn.Dropout(0.5, seed=3, name="drop"),
+                           nn.Dense(8, 2, seed=1, name="l2")])
+    assert list(model.named_params()) == ["0.W", "0.b", "3.W", "3.b"]
+    assert [p.name for p in model.params] == ["l1_W", "l1_b", "l2_W", "l2_b"]
+    assert list(model.named_state()) == ["2.counter"]
+    x = bpc.input("x", (None, 4))
+    assert model(x, training=False).shape == (None, 2)
+    assert model.logits(x, training=True).shape == (None, 2)
+
+
+def test_dropout_training_and_inference(target):
+    rate = 0.3
+    x = bpc.input("x", (None, 1000))
+    d1, d2, d3 = nn.Dropout(rate, seed=7), nn.Dropout(rate, seed=7), nn.Dropout(rate, seed=8)
+    assert d1(x, training=False) is x                 # inference: the identity, no node at all
+    f = bpc.function([x], [d1(x, training=True), d2(x, training=True), d3(x, training=True)], target=target)
+    X = np.ones((4, 1000), dtype=np.float32)
+    a1, a2, a3 = f(X)
+    b1, _, _ = f(X)
+
+    zero_fraction = np.mean(a1 == 0)
+    assert abs(zero_fraction - rate) < 0.03, zero_fraction
+    kept = a1[a1 != 0]
+    np.testing.assert_allclose(kept, 1.0 / (1.0 - rate), rtol=1e-6)   # the rest scaled by 1/(1-rate)
+    assert np.array_equal(a1, a2)                     # same seed, same masks
+    assert not np.array_equal(a1, a3)                 # another seed, other masks
+    assert not np.array_equal(a1, b1)                 # the mask changes every step
+    assert abs(np.mean(b1 == 0) - rate) < 0.03
+    assert int(d1.named_state()["counter"].value) == 2    # the counter advanced once per call
+
+    # A training graph built again continues the layer's mask sequence.
+    f_again = bpc.function([x], d1(x, training=True), target=target)
+    assert int(d1.named_state()["counter"].value) == 2
+    c1 = f_again(X)
+    assert not np.array_equal(c1, a1) and not np.array_equal(c1, b1)
+
+
+def test_predict_runs_the_inference_graph(target):
+    model = nn.Sequential([nn.Dense(3, 4, "relu", seed=0), nn.Dropout(0.5, seed=1), nn.Dense(4, 2, seed=2)])
+    X = np.random.default_rng(1).normal(size=(10, 3))
+    out = model.predict(X, batch_size=4, target=target)   # 3 chunks, one compiled function
+    first, _, last = model.layers
+    want = np.maximum(X.astype(np.float32) @ first.W.value + first.b.value, 0) @ last.W.value + last.b.value
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    assert len(model._predict_fns) == 1
+    np.testing.assert_array_equal(model.predict(X, target=target), out)   # no dropout at inference
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: nn.Dense(3, 0), ValueError, "out_features must be a positive int"),
+    (lambda: nn.Dense(3, 2, activation="swish"), ValueError, "unknown activation 'swish'"),
+    (lambda: nn.Dense(3, 2, init="magic"), bpc.ShapeError, "unknown initializer 'magic'"),
+    (lambda: nn.Dense(3, 2, name="my layer"), ValueError, "name must be a Python identifier"),
+    (lambda: nn.Dropout(1.0), ValueError, r"rate must be in \[0, 1\)"),
+    (lambda: nn.Sequential([]), ValueError, "at least one layer"),
+    (lambda: nn.Sequential([nn.Dense(2, 2), 3]), TypeError, "layer 1 is a int"),
+    (lambda: nn.l2_penalty([], 0.1), ValueError, "no parameters"),
+    (lambda: nn.l2_penalty([bpc.param("p", np.ones(2))], -1.0), ValueError, r"coeff must be in \[0, inf\]"),
+])
+def test_bad_layer_arguments_raise(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_wrong_input_shape_names_the_layer():
+    model = nn.Sequential([nn.Dense(64, 10, name="first")])
+    x = bpc.input("x", (None, 32))
+    with pytest.raises(bpc.ShapeError, match=r"Dense 'first' expects a \(batch, 64\) input, got 'x' of shape \(N, 32\)"):
+        model(x)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        model.predict(np.ones((2, 64)), batch_size=0)
