@@ -13,9 +13,9 @@ from ...ops.nn import uniform_hash
 from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
-# No 'nnan'/'ninf' (NaN and Inf must stay observable) and no 'afn', which let LLVM
-# fold exp(log(x)) into x and so hide the NaN of log(-1).
-FASTMATH = "{'contract', 'reassoc', 'arcp', 'nsz'}"
+# No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
+# 'reassoc': with either, LLVM folds exp(log(x)) into x and hides log(-1)'s NaN.
+FASTMATH = "{'contract', 'arcp', 'nsz'}"
 
 
 class Generator:
@@ -158,7 +158,8 @@ class Generator:
         # which Numba turns into per-thread partials.
         first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
         ids = {m.id for m in k.nodes}
-        stored = {m.id for m in k.stores} | set(self.plan.in_place)
+        stored = {m.id for m in k.stores}
+        deferred = []
         loaded = {}
         # Loop-invariant operands (scalars) are read once, before the loops;
         # parallel loops cannot index 0-d arrays anyway.
@@ -186,8 +187,13 @@ class Generator:
             args = [self._value(i, k, ids, loaded, depth) for i in m.inputs]
             expr = m.op.scalar(ScalarContext(m), *args)
             self.emit(f"{self.names[m]} = {expr}", depth)
-            if m.id in stored:
+            if m.id in self.plan.in_place:
+                # Written last: a later member may still read the old value.
+                deferred.append(f"{self.array(m)}[{operand_index(m.shape, shape)}] = {self.names[m]}")
+            elif m.id in stored:
                 self.emit(f"{self.array(m)}[{operand_index(m.shape, shape)}] = {self.names[m]}", depth)
+        for line in deferred:
+            self.emit(line, depth)
         depth -= len(inner)
         for r in reductions:
             final = acc_final(r, f"acc_{self.names[r]}")
