@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bpc
-from bpc.backends.cpu import cache as cpu_cache
+from bpc.backends import cache as cpu_cache
 
 MLP_SCRIPT = textwrap.dedent("""
     import numpy as np, bpc

@@ -15,7 +15,7 @@ import numpy as np
 from ...ops.core import resolve
 from ...passes.fuse import plan as make_plan
 from . import threads
-from .cache import load_module, record_compiled
+from ..cache import load_module, record_compiled
 from .codegen import Generator
 
 log = logging.getLogger("bpc")

@@ -22,7 +22,7 @@ from ...errors import CompileError
 from ...ops.core import resolve
 from ...passes.fuse import plan as make_plan
 from . import residency
-from .cache import load_module, record_compiled
+from ..cache import load_module, record_compiled
 from .codegen import Generator
 from ..lowering import view_chain
 from .launch import Limits, default_limits, configure
@@ -76,7 +76,7 @@ class CudaBackend:
         self.plan, gen, self.source = generate(program, self.limits.tile)
         self.specs = gen.specs
         t0 = time.perf_counter()
-        self.module, self.path, self.key = load_module(self.source)
+        self.module, self.path, self.key = load_module(self.source, "cuda", "bpc_cuda")
         self.codegen_seconds = time.perf_counter() - t0
         self.kernels = [getattr(self.module, s.name) for s in self.specs]
         self._leaves = {gen.storage(n): n for n in gen.leaves}

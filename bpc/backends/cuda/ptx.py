@@ -48,12 +48,12 @@ def compile_program(program, cc=(9, 0), tile=16):
     """{kernel name: (spec, PTX text)} for every kernel of a program."""
     from numba import cuda
     from . import generate, simulator_enabled
-    from .cache import load_module
+    from ..cache import load_module
     if simulator_enabled():
         raise RuntimeError("compile_program needs the real numba.cuda: run it in a process "
                            "without NUMBA_ENABLE_CUDASIM")
     _, gen, source = generate(program, tile)
-    module, _, _ = load_module(source)
+    module, _, _ = load_module(source, "cuda", "bpc_cuda")
     out = {}
     for spec in gen.specs:
         fn = getattr(module, spec.name).py_func

@@ -1,4 +1,4 @@
-"""On-disk cache of generated modules.
+"""On-disk cache of generated modules, shared by the compiled targets.
 
 A module's file name is a hash of its source together with the versions of
 bpc, Numba, NumPy and Python, so the key covers the graph's structure, the
@@ -26,7 +26,7 @@ import sys
 import numba
 import numpy as np
 
-from ...io import atomic_write_text
+from ..io import atomic_write_text
 
 log = logging.getLogger("bpc")
 
@@ -41,7 +41,7 @@ def cache_dir():
 
 
 def module_key(source):
-    from ... import __version__
+    from .. import __version__
     h = hashlib.sha256()
     for part in (source, __version__, numba.__version__, np.__version__, sys.version, platform.machine()):
         h.update(part.encode())
@@ -49,12 +49,12 @@ def module_key(source):
     return h.hexdigest()
 
 
-def load_module(source):
-    """Write (if needed) and import the module for `source`. Returns the
-    module, its path and its key."""
+def load_module(source, target="cpu", prefix="bpc_step"):
+    """Write (if needed) and import the module for `source` in the target's
+    folder. Returns the module, its path and its key."""
     key = module_key(source)
-    name = f"bpc_step_{key[:24]}"
-    folder = os.path.join(cache_dir(), "cpu")
+    name = f"{prefix}_{key[:24]}"
+    folder = os.path.join(cache_dir(), target)
     os.makedirs(folder, mode=0o700, exist_ok=True)
     path = os.path.join(folder, name + ".py")
     try:
