@@ -231,3 +231,21 @@ def inline_function(fn, args, prefix):
             break
         lines.append(ast.unparse(stmt))
     return lines, result
+
+
+def output_value(node, plan, buffer_value, arrays, input_pos, snapshot, batch):
+    """An output's value after a compiled step: its buffer (`buffer_value(node)`,
+    None when it has none), the view it is of, the input it is, or the
+    pre-step value of a parameter (`snapshot`)."""
+    from ..ops.core import resolve
+    if node.id in plan.inline:
+        return np.array(plan.inline[node.id], dtype=node.dtype)
+    value = buffer_value(node)
+    if value is not None:
+        return value
+    if node.id in input_pos:
+        return arrays[input_pos[node.id]]
+    if node.id in snapshot:
+        return snapshot[node.id]
+    base = output_value(node.inputs[0], plan, buffer_value, arrays, input_pos, snapshot, batch)
+    return node.op.numpy(node.attrs, resolve(node.shape, batch), base)

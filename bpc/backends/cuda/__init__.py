@@ -23,6 +23,7 @@ from ...ops.core import resolve
 from ...passes.fuse import plan as make_plan
 from . import residency
 from ..cache import load_module, record_compiled
+from ..lowering import output_value
 from .codegen import Generator
 from ..lowering import view_chain
 from .launch import Limits, default_limits, configure
@@ -171,18 +172,9 @@ class CudaBackend:
             sys.setswitchinterval(old)
 
     def _value_of(self, node, arrays, bufs, snapshot, batch):
-        """An output's value after the step: its buffer, the view it is of,
-        the input it is, or the pre-step value of a parameter."""
-        if node.id in self.plan.inline:
-            return np.array(self.plan.inline[node.id], dtype=node.dtype)
-        if node.id in self._buffer_of:
-            return bufs[self._buffer_of[node.id]].copy_to_host().reshape(resolve(node.shape, batch))
-        if node.id in self._input_pos:
-            return arrays[self._input_pos[node.id]]
-        if node.id in snapshot:
-            return snapshot[node.id]
-        base = self._value_of(node.inputs[0], arrays, bufs, snapshot, batch)
-        return node.op.numpy(node.attrs, resolve(node.shape, batch), base)
+        def buffer_value(n):
+            return bufs[self._buffer_of[n.id]].copy_to_host().reshape(resolve(n.shape, batch)) if n.id in self._buffer_of else None
+        return output_value(node, self.plan, buffer_value, arrays, self._input_pos, snapshot, batch)
 
 
 __all__ = ["CudaBackend", "Limits", "check_available", "generate", "simulator_enabled"]
