@@ -17,6 +17,10 @@ class CompileError(RuntimeError):
     """A target could not compile a graph."""
 
 
+class CheckError(RuntimeError):
+    """A compiled target disagreed with the interpreter (`function(..., check=True)`)."""
+
+
 def user_location():
     """Return "file:line" of the innermost stack frame outside the bpc package.
 

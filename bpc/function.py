@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CallError, ShapeError, user_location
+from .errors import CallError, CheckError, ShapeError, user_location
 from .graph.tensor import Tensor, format_shape
 from .graph.traverse import topo_sort
 from .passes import optimize as run_passes
@@ -104,7 +104,7 @@ class Function:
     arrays, positionally or by input name; it returns NumPy arrays."""
 
     def __init__(self, inputs, outputs, updates=None, target=None, optimize=True,
-                 check_numerics=False, name="step", **options):
+                 check_numerics=False, check=None, name="step", **options):
         if isinstance(inputs, Tensor):
             inputs = [inputs]
         self.inputs = list(inputs)
@@ -123,6 +123,9 @@ class Function:
         self.updates = update_pairs
         self.target = target or default_target()
         self.check_numerics = check_numerics
+        if check is None:   # BPC_CHECK=1 checks every compiled function
+            check = os.environ.get("BPC_CHECK", "") not in ("", "0")
+        self.check = bool(check) and self.target != "interpret"
         self.where = user_location()
 
         roots = outs + [e for _, e in update_pairs]
@@ -194,7 +197,10 @@ class Function:
                 elif want != got:
                     raise CallError(f"input '{t.name}': axis {axis} must be {want}, got {got} "
                                     f"(expected shape {format_shape(t.shape)}, got {arr.shape})")
-            arrays.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
+            # C-contiguous and writeable: compiled code is specialised on the
+            # layout (a read-only array would compile a second variant).
+            ok = arr.flags.c_contiguous and arr.flags.writeable
+            arrays.append(arr if ok else np.array(arr, order="C"))
         if batch == 0:
             raise CallError("empty batch: inputs have 0 rows")
         for i, depth in self._labels:
@@ -206,28 +212,56 @@ class Function:
 
     def __call__(self, *args, **kwargs):
         arrays, batch = self._validate(self._bind(args, kwargs))
-        if self.check_numerics:
-            return self._call_checked(arrays, batch)
-        outs = self.backend(arrays, batch)
+        if self.check_numerics or self.check:
+            outs = self._call_checked(arrays, batch)
+        else:
+            outs = self.backend(arrays, batch)
         return outs[0] if self._single else outs
 
     def _call_checked(self, arrays, batch):
-        before = {p.id: np.array(p.value) for p, _ in self.program.updates}
+        """A call under `check_numerics` and/or `check`: on a failure the
+        params and state are left as they were before the call."""
+        from .backends import residency
+        from .backends.interpret import evaluate, first_nonfinite
+        p = self.program
+        before = {t.id: residency.host_value(t) for t, _ in p.updates}
+        if self.check:   # the reference: the interpreter, on the pre-step values
+            feeds = {t.id: a for t, a in zip(p.inputs, arrays)}
+            expected = evaluate(p.roots, feeds, batch, before)
         outs = self.backend(arrays, batch)
-        if all(np.all(np.isfinite(o)) for o in outs if o.dtype.kind == "f"):
-            return outs[0] if self._single else outs
-        # Re-run op by op on the pre-step values to name the first bad node.
-        from .backends.interpret import first_nonfinite
-        node = first_nonfinite(self.program, arrays, batch, before)
-        where = f"'{node.name}' ({node.op.name if node.op else node.kind}, built at {node.where})" \
-            if node is not None else "an unknown node"
-        raise FloatingPointError(f"non-finite value (NaN or Inf) first produced by {where}")
+        new_values = [t.value for t, _ in p.updates]
+        try:
+            if self.check_numerics and not all(
+                    np.all(np.isfinite(v)) for v in outs + new_values if v.dtype.kind == "f"):
+                # Re-run op by op on the pre-step values to name the first bad node.
+                node = first_nonfinite(p, arrays, batch, before)
+                raise FloatingPointError(f"non-finite value (NaN or Inf) first produced by {_describe(node)}"
+                                         + ("; params and state were left unchanged" if p.updates else ""))
+            if self.check:
+                got = outs + new_values
+                labels = [f"output {k}" for k in range(len(outs))] + [
+                    f"the update of {t.kind} '{t.name}'" for t, _ in p.updates]
+                for node, label, g, want in zip(p.roots, labels, got, expected):
+                    problem = _mismatch(g, np.asarray(want, dtype=node.dtype))
+                    if problem:
+                        raise CheckError(
+                            f"target '{self.target}' disagrees with the interpreter on {label}, "
+                            f"{_describe(node)}: {problem}"
+                            + ("; params and state were left unchanged" if p.updates else ""))
+        except (FloatingPointError, CheckError):
+            for t, _ in p.updates:
+                t.value = before[t.id]
+            raise
+        return outs
 
     # ----- introspection ----------------------------------------------------------
     @property
     def source(self):
-        """Generated source code (compiled targets)."""
-        return getattr(self.backend, "source", None)
+        """Generated source code (compiled targets), after a legend of the
+        identifiers that stand for the user's inputs, params and named nodes."""
+        source = getattr(self.backend, "source", None)
+        legend = getattr(self.backend, "legend", None)
+        return source if source is None or not legend else "\n".join(legend) + "\n\n" + source
 
     def report(self):
         """What the compiler did: node counts after each pass and, for
@@ -248,10 +282,44 @@ class Function:
         return f"<bpc.Function {self._sig()} target={self.target}>"
 
 
+def _describe(node):
+    if node is None:
+        return "an unknown node"
+    return f"'{node.name}' ({node.op.name if node.op else node.kind}, built at {node.where})"
+
+
+def _mismatch(got, want):
+    """Why `got` (a compiled result) differs from `want` (the interpreter's),
+    or None. Floats agree within a tolerance of their dtype, relative to
+    the values' magnitude (BLAS and fused loops sum in other orders); NaN
+    and Inf must match exactly."""
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    if got.dtype.kind != "f":
+        bad = got != want
+    else:
+        tol = 1e-4 if got.dtype == np.float32 else 1e-9
+        finite = np.isfinite(want)
+        scale = max(1.0, float(np.max(np.abs(want[finite])))) if finite.any() else 1.0
+        with np.errstate(invalid="ignore"):
+            close = np.abs(got - want) <= tol * (np.abs(want) + scale)
+        bad = ~(close | (np.isnan(got) & np.isnan(want)) | (got == want))
+    if not np.any(bad):
+        return None
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return (f"{int(np.count_nonzero(bad))} of {bad.size} elements differ, first at index {first}: "
+            f"{got[first]!r} instead of {want[first]!r}")
+
+
 def function(inputs, outputs, updates=None, target=None, **options):
     """Compile `outputs` (a tensor or list) as a function of `inputs`.
 
     `updates` maps params (or state) to new-value expressions, written after
     the outputs are computed. `target` is "interpret", "cpu" or "cuda"
-    (default: the fastest available). Returns a `Function`."""
+    (default: the fastest available). `check=True` (or BPC_CHECK=1) runs
+    the interpreter beside a compiled target on every call and raises
+    `bpc.CheckError` naming the first output or update that differs.
+    `check_numerics=True` raises `FloatingPointError` naming the first node
+    that produced a NaN or Inf in an output or update. Either leaves the
+    params and state unchanged when it raises. Returns a `Function`."""
     return Function(inputs, outputs, updates, target, **options)

@@ -158,7 +158,8 @@ def test_fused_dot_view_draws_kernels_as_clusters(mlp_step):
 def test_source_is_written_next_to_the_cache_entry(mlp_step):
     step, _ = mlp_step
     with open(step.backend.path, encoding="utf-8") as f:
-        assert f.read() == step.source
+        assert f.read() == step.backend.source
+    assert step.source.endswith(step.backend.source)   # after the legend of user names
 
 
 def _run(code, cache):
@@ -178,10 +179,10 @@ WARM_START = MLP_SCRIPT + textwrap.dedent("""
 def test_second_process_compiles_nothing_and_corrupt_entries_are_rebuilt(tmp_path):
     first = _run(WARM_START, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "misses 1 hits 0" in first.stdout and "compiled serial" in first.stderr
+    assert "misses 1 hits 0" in first.stdout and "compiled cpu serial" in first.stderr
     second = _run(WARM_START, tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "misses 0 hits 1" in second.stdout and "loaded cached serial" in second.stderr
+    assert "misses 0 hits 1" in second.stdout and "loaded cached cpu serial" in second.stderr
     # Corrupt Numba's cache files and the module: both are detected and rebuilt.
     module = next((tmp_path / "cpu").glob("bpc_step_*.py"))
     for f in (tmp_path / "cpu" / "__pycache__").iterdir():

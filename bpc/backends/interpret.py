@@ -38,7 +38,6 @@ def evaluate(roots, feeds, batch, leaf_values=None, visit=None):
 class InterpretBackend:
     def __init__(self, program):
         self.program = program
-        self._order = topo_sort(program.roots)
 
     def __call__(self, arrays, batch):
         p = self.program
@@ -46,10 +45,21 @@ class InterpretBackend:
         values = evaluate(p.roots, feeds, batch)
         n_out = len(p.outputs)
         outs = [np.array(v) for v in values[:n_out]]
-        # All new values are computed before any is written (simultaneous update).
-        for (target, _), new in zip(p.updates, values[n_out:]):
-            np.copyto(target._value, new, casting="same_kind")
+        write(p.updates, values[n_out:])
         return outs
+
+
+def write(updates, new_values):
+    """Write every update after all were computed (simultaneous updates): a
+    new value that shares memory with an updated leaf (`{A: B, B: A}`, a
+    view of a param) is copied before any write."""
+    from . import residency
+    targets = [t._value for t, _ in updates]
+    new_values = [np.array(v) if any(np.may_share_memory(v, a) for a in targets) else v
+                  for v in new_values]
+    for (target, _), new in zip(updates, new_values):
+        np.copyto(target._value, new, casting="same_kind")
+    residency.host_written([t for t, _ in updates])
 
 
 def first_nonfinite(program, arrays, batch, leaf_values):

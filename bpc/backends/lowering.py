@@ -32,31 +32,36 @@ class ScalarContext:
         return typed_const(value, self.dtype_name)
 
 
-def _ident(name):
-    out = "".join(ch if ch.isalnum() else "_" for ch in name)
-    return out if out and not out[0].isdigit() else "_" + out
-
-
 class Names:
-    """Stable, readable identifiers: user-given names are kept, derived nodes
-    are named by op and position, so the same program gives the same source
-    (and cache key) in every process."""
+    """Identifiers for generated code, made by bpc alone: `{op or kind}_{k}`
+    with k the node's position in the program. User names never reach
+    generated identifiers (a name like `np`, `return`, `x_b` or `σ²` is
+    just data), and the same program gives the same source, and cache key,
+    in every process whatever its nodes are called. `legend` maps the
+    identifiers back to user names, for people reading the source."""
 
     def __init__(self, order):
-        self.names, used = {}, set()
+        self.names, self.nodes = {}, []
         for pos, n in enumerate(order):
-            # Inputs and params carry the user's names; bpc-made state (dropout
-            # counters, optimizer moments) may embed process-specific ids.
-            keep = n.kind in ("input", "param") or (n.user_named and n.op is not None)
-            base = _ident(n.name) if keep else f"{n.op.name if n.op else n.kind}{pos}"
-            name, k = base, 1
-            while name in used:
-                name, k = f"{base}_{k}", k + 1
-            used.add(name)
-            self.names[n.id] = name
+            base = n.op.name if n.op is not None else n.kind
+            assert base.isidentifier() and base.isascii(), f"op name {base!r} cannot start an identifier"
+            self.names[n.id] = f"{base}_{pos}"
+            self.nodes.append(n)
 
     def __getitem__(self, node):
         return self.names[node.id]
+
+    def legend(self):
+        """Comment lines: each identifier of a named node and the user's name,
+        shape, dtype and line."""
+        from ..graph.tensor import format_shape
+        lines = []
+        for n in self.nodes:
+            if n.op is None or n.user_named:
+                what = n.kind if n.op is None else n.op.name
+                lines.append(f"# {self.names[n.id]}: {what} {ascii(n.name)[:80]} "
+                             f"{n.dtype.name}{format_shape(n.shape)}, built at {ascii(n.where)[1:-1][:120]}")
+        return lines
 
 
 def dim_expr(d):
@@ -231,21 +236,3 @@ def inline_function(fn, args, prefix):
             break
         lines.append(ast.unparse(stmt))
     return lines, result
-
-
-def output_value(node, plan, buffer_value, arrays, input_pos, snapshot, batch):
-    """An output's value after a compiled step: its buffer (`buffer_value(node)`,
-    None when it has none), the view it is of, the input it is, or the
-    pre-step value of a parameter (`snapshot`)."""
-    from ..ops.core import resolve
-    if node.id in plan.inline:
-        return np.array(plan.inline[node.id], dtype=node.dtype)
-    value = buffer_value(node)
-    if value is not None:
-        return value
-    if node.id in input_pos:
-        return arrays[input_pos[node.id]]
-    if node.id in snapshot:
-        return snapshot[node.id]
-    base = output_value(node.inputs[0], plan, buffer_value, arrays, input_pos, snapshot, batch)
-    return node.op.numpy(node.attrs, resolve(node.shape, batch), base)

@@ -91,6 +91,9 @@ class Tensor:
         self.name = name or (op.name if op is not None else kind) + f"_{self.id}"
         self._value = value
         self.user_named = name is not None
+        # The leaf's copy on an accelerator, when a target made one (see
+        # bpc.backends.residency); None while the host array is the only copy.
+        self._device = None
 
     # ----- leaf values -------------------------------------------------
     @property
@@ -99,8 +102,8 @@ class Tensor:
         if self.kind not in ("param", "state", "constant"):
             raise AttributeError(f"{self.kind} node '{self.name}' has no value; only "
                                  "parameters, state and constants hold one")
-        for hook in self._sync_hooks():
-            hook(self)
+        if self._device is not None:   # a device step may have written it last
+            self._device.to_host()
         return self._value
 
     @value.setter
@@ -114,15 +117,10 @@ class Tensor:
         if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
             raise ShapeError(f"param '{self.name}' is {self.dtype.name}, "
                              f"cannot assign a {arr.dtype.name} value")
-        for hook in self._sync_hooks():
-            hook(self)
         # In place, so compiled functions holding this buffer see the change.
         np.copyto(self._value, arr, casting="same_kind")
-        for hook in _after_set_hooks:
-            hook(self)
-
-    def _sync_hooks(self):
-        return _before_read_hooks
+        if self._device is not None:   # the device copy is now stale
+            self._device.host_written()
 
     @property
     def ndim(self):
@@ -179,12 +177,6 @@ class Tensor:
     def max(self, axis=None, keepdims=False): return _ops().max(self, axis, keepdims)
     def reshape(self, *shape): return _ops().reshape(self, shape[0] if len(shape) == 1 else shape)
     def astype(self, dtype): return _ops().cast(self, dtype)
-
-
-# Hooks a target installs so that parameters living elsewhere (a GPU) are
-# synchronised when the user reads or writes `.value`.
-_before_read_hooks = []
-_after_set_hooks = []
 
 
 def _ops():

@@ -51,6 +51,7 @@ class Plan:
     buffers: dict                   # node id -> buffer index (materialized intermediates)
     buffer_specs: list              # buffer index -> (symbolic shape, dtype)
     inline: dict                    # node id -> scalar constant value inlined into code
+    snapshots: dict = field(default_factory=dict)   # copied value id -> buffer saving it first
 
     def kernel_of(self):
         """node id -> kernel name, for drawing fused kernels."""
@@ -196,12 +197,17 @@ def plan(program):
                     reads[i.id] = i
         k.reads = list(reads.values())
 
-    in_place, copies, order_k = _schedule(kernels, kernel_of_node, program, users,
-                                         {o.id for o in program.outputs})
+    in_place, copies, snapshot_values, order_k = _schedule(kernels, kernel_of_node, program, users,
+                                                           {o.id for o in program.outputs})
     for idx, k in enumerate(order_k):
         k.name = f"k{idx}_{k.nodes[-1].op.name}"  # no node ids: the source must be stable
     buffers, specs = _assign_buffers(order_k, in_place, roots, inline)
-    return Plan(order_k, roots, in_place, copies, buffers, specs, inline)
+    snapshots = {}
+    for v in snapshot_values:
+        if v.id not in snapshots:
+            snapshots[v.id] = len(specs)
+            specs.append((v.shape, v.dtype))
+    return Plan(order_k, roots, in_place, copies, buffers, specs, inline, snapshots)
 
 
 def _base(n):
@@ -248,8 +254,25 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids):
                 in_place[value.id] = param
                 continue
         copies.append((param, value))
+    # Copies run after every kernel, and read their values there: a copy
+    # whose value is (a view of) a param updated in this step must see that
+    # param's pre-step value, so that param cannot be written in place
+    # ({A: A - 1, B: A}). Demoting it only removes constraints.
+    updated = {p.id for p, _ in program.updates}
+    demote = True
+    while demote:
+        demote = False
+        read_by_copies = {_base(v).id for _, v in copies}
+        for vid, param in list(in_place.items()):
+            if param.id in read_by_copies:
+                del in_place[vid]
+                copies.append((param, next(v for p, v in program.updates if p is param)))
+                demote = True
+    # Copies write one after another; the values that are updated leaves
+    # themselves ({A: B, B: A}) are first saved to workspace buffers.
+    snapshots = [v for _, v in copies if _base(v).op is None and _base(v).id in updated]
     order = _topo(edges)
-    return in_place, copies, [kernels[i] for i in order]
+    return in_place, copies, snapshots, [kernels[i] for i in order]
 
 
 def _topo(edges):
@@ -274,8 +297,13 @@ def _topo(edges):
 
 def _assign_buffers(kernels, in_place, roots, inline):
     """Give each stored value a buffer; reuse a buffer of the same shape and
-    dtype once every reader of its previous value has run."""
-    root_ids = {r.id for r in roots}
+    dtype once every reader of its previous value has run.
+
+    Lifetimes are those of alias classes: a read of a view (transpose,
+    reshape) is a read of the buffer it aliases, and a buffer that an
+    output or update value is, or is a view of, is read after the step, so
+    it is never reused."""
+    pinned = {_base(r).id for r in roots}
     last_use = {}
     for idx, k in enumerate(kernels):
         for r in k.reads:
@@ -302,6 +330,6 @@ def _assign_buffers(kernels, in_place, roots, inline):
                 b = len(specs)
                 specs.append((n.shape, n.dtype))
             buffers[n.id] = b
-            if n.id not in root_ids:
+            if n.id not in pinned:
                 pending.append((last_use.get(n.id, idx), b, key))
     return buffers, specs

@@ -27,7 +27,6 @@ class Generator:
         self.names = Names(unused + order)
         self.func_name = func_name
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
-        self.locals = {}      # node id -> expression of a scalar local (size_of)
         self.lines = []
 
     # ----- expressions for stored values ---------------------------------------
@@ -35,17 +34,15 @@ class Generator:
         """Expression for the array holding node n's value."""
         if n.id in self.plan.in_place:
             return self.array(self.plan.in_place[n.id])
-        if n.kind == "input":
-            return f"in_{self.names[n]}"
         if n.op is None:
-            return {"param": "p_", "state": "s_", "constant": "c_"}[n.kind] + self.names[n]
+            return self.names[n]
         if n.op.name in ("transpose", "reshape"):
             return f"v_{self.names[n]}"
         return f"b{self.plan.buffers[n.id]}"
 
     def args(self):
         p = self.program
-        return ([f"in_{self.names[t]}" for t in p.inputs] + [self.array(n) for n in self.leaves]
+        return ([self.names[t] for t in p.inputs] + [self.array(n) for n in self.leaves]
                 + [f"b{i}" for i in range(len(self.plan.buffer_specs))])
 
     # ----- emission ----------------------------------------------------------
@@ -75,15 +72,33 @@ class Generator:
     def _body(self):
         p = self.program
         batched = next(((t, t.shape.index(None)) for t in p.inputs if None in t.shape), None)
-        self.emit(f"N = in_{self.names[batched[0]]}.shape[{batched[1]}]" if batched else "N = 1", 1)
+        self.emit(f"N = {self.names[batched[0]]}.shape[{batched[1]}]" if batched else "N = 1", 1)
         for k in self.plan.kernels:
             self.emit(f"# {k.describe()}", 1)
             getattr(self, f"_kernel_{k.kind}")(k)
-        for param, value in self.plan.copies:
-            dst, src = self.array(param), self.array(value)
-            self.emit(f"{dst}[()] = {src}[()]" if not param.shape else f"{dst}[:] = {src}", 1)
+        self._copies()
         self.emit("return 0", 1)
         return self.lines
+
+    def _copies(self):
+        """Updates not written in place: every new value is computed by now;
+        values that are themselves updated leaves are saved first, so the
+        writes are simultaneous ({A: B, B: A} swaps)."""
+        saved = {}
+        for _, value in self.plan.copies:
+            b = self.plan.snapshots.get(value.id)
+            if b is not None and value.id not in saved:
+                saved[value.id] = f"b{b}"
+                self._assign(f"b{b}", self.array(value), value.shape)
+        for param, value in self.plan.copies:
+            if value.id in self.plan.inline:
+                const = typed_const(self.plan.inline[value.id], param.dtype)
+                self.emit(f"{self.array(param)}[{'()' if not param.shape else ':'}] = {const}", 1)
+            else:
+                self._assign(self.array(param), saved.get(value.id) or self.array(value), param.shape)
+
+    def _assign(self, dst, src, shape):
+        self.emit(f"{dst}[()] = {src}[()]" if not shape else f"{dst}[:] = {src}", 1)
 
     # ----- kernels -------------------------------------------------------------
     def _kernel_view(self, k):

@@ -3,7 +3,7 @@
 A call copies the batch to the device, launches the kernels of the step in
 order (see `codegen.py`; launch sizes from the call's shapes, `launch.py`),
 and copies back only the requested outputs. Parameters, optimizer state and
-constants stay on the device between calls (`residency.py`); reading or
+constants stay on the device between calls (`backends/residency.py`); reading or
 assigning `param.value` on the host syncs them.
 
 Without a GPU, set NUMBA_ENABLE_CUDASIM=1 before numba is first imported to
@@ -20,12 +20,10 @@ import numpy as np
 
 from ...errors import CompileError
 from ...ops.core import resolve
-from ...passes.fuse import plan as make_plan
-from . import residency
+from .. import residency
+from ..base import CompiledBackend
 from ..cache import load_module, record_compiled
-from ..lowering import output_value
 from .codegen import Generator
-from ..lowering import view_chain
 from .launch import Limits, default_limits, configure
 
 log = logging.getLogger("bpc")
@@ -53,62 +51,47 @@ def check_available():
         + (" (it is set now, but numba was imported before it was)" if late else "") + ".")
 
 
-def generate(program, tile):
-    """(plan, generator, source) of a program for a matmul tile edge; needs
+def generate(program, plan, tile):
+    """(generator, source) of a program's plan for a matmul tile edge; needs
     no device."""
-    plan = make_plan(program)
     simulator = simulator_enabled()
     gen = Generator(program, plan, tile, simulator)
     source = gen.source()
     import numba_cuda
     mode = "simulator" if simulator else "gpu"
     source = f"# numba-cuda {numba_cuda.__version__}, built for the {mode}\n" + source
-    return plan, gen, source
+    return gen, source
 
 
-class CudaBackend:
+class CudaBackend(CompiledBackend):
+    target = "cuda"
+
     def __init__(self, program, **limits):
         """limits: override fields of `launch.Limits` (block, tile,
         max_blocks, warp, lane_work, tiled_min_work)."""
         check_available()
-        self.program = program
         self.simulator = simulator_enabled()
         self.limits = default_limits(self.simulator, **limits)
-        self.plan, gen, self.source = generate(program, self.limits.tile)
+        super().__init__(program)
+        gen, self.source = generate(program, self.plan, self.limits.tile)
+        self.legend = gen.names.legend()
         self.specs = gen.specs
         t0 = time.perf_counter()
         self.module, self.path, self.key = load_module(self.source, "cuda", "bpc_cuda")
         self.codegen_seconds = time.perf_counter() - t0
         self.kernels = [getattr(self.module, s.name) for s in self.specs]
-        self._leaves = {gen.storage(n): n for n in gen.leaves}
-        self._inputs = {f"in_{gen.names[t]}": i for i, t in enumerate(program.inputs)}
-        self._written = [p for p, _ in program.updates]
-        self._workspaces = {}
-        self.compile_seconds = None
-        self._buffer_of = dict(self.plan.buffers)
-        self._input_pos = {t.id: i for i, t in enumerate(program.inputs)}
-        # Outputs that are leaves (or views of leaves) give their pre-step value.
-        bases = {b.id: b for b in (view_chain(o)[-1] for o in program.outputs)}
-        self._snap = [b for b in bases.values() if b.op is None and b.kind != "input"
-                      and b.id not in self.plan.inline]
-
-    def kernel_of(self):
-        return self.plan.kernel_of()
+        self._leaves = gen.leaves
+        self._leaf_args = {gen.storage(n): n for n in gen.leaves}
+        self._inputs = {gen.names[t]: i for i, t in enumerate(program.inputs)}
 
     # ----- per batch size: device buffers and bound launches --------------------------
-    def _workspace(self, batch):
-        ws = self._workspaces.get(batch)
-        if ws is not None:
-            return ws
+    def make_workspace(self, batch):
         from numba import cuda
-        if len(self._workspaces) >= 4:   # keep a few batch sizes (e.g. full and last)
-            self._workspaces.pop(next(iter(self._workspaces)))
-        bufs = [cuda.device_array(int(np.prod(resolve(shape, batch), dtype=np.int64)), dtype=dt)
-                for shape, dt in self.plan.buffer_specs]
+        bufs = [cuda.device_array(_flat_size(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]
         used = {name for spec in self.specs for name in spec.args}
-        inputs = {pos: cuda.device_array(int(np.prod(resolve(t.shape, batch), dtype=np.int64)), dtype=t.dtype)
-                  for name, pos in self._inputs.items() if name in used
-                  for t in [self.program.inputs[pos]]}   # only inputs some kernel reads travel
+        inputs = {pos: cuda.device_array(_flat_size(self.program.inputs[pos].shape, batch),
+                                         dtype=self.program.inputs[pos].dtype)
+                  for name, pos in self._inputs.items() if name in used}   # only inputs some kernel reads travel
         launches = []
         for spec, kernel in zip(self.specs, self.kernels):
             grid, block, shared, scalars = configure(spec, batch, self.limits)
@@ -120,13 +103,12 @@ class CudaBackend:
                     args.append(scalars[name])
                 elif name in self._inputs:
                     args.append(inputs[self._inputs[name]])
-                elif name in self._leaves:
-                    args.append(residency.device_array(self._leaves[name]))
+                elif name in self._leaf_args:
+                    args.append(residency.device_array(self._leaf_args[name], cuda.to_device))
                 else:
                     args.append(bufs[int(name[1:])])
             launches.append((kernel, (grid, block, 0, shared), tuple(args)))
-        ws = self._workspaces[batch] = (bufs, inputs, launches)
-        return ws
+        return bufs, inputs, launches
 
     def describe_launches(self, batch):
         """(kernel name, grid, block) of every launch for a batch size."""
@@ -137,24 +119,21 @@ class CudaBackend:
         return out
 
     # ----- a call ------------------------------------------------------------------------
-    def __call__(self, arrays, batch):
-        bufs, inputs, launches = self._workspace(batch)
+    def run(self, workspace, arrays, batch):
+        from numba import cuda
+        bufs, inputs, launches = workspace
         for pos, dev in inputs.items():
-            dev.copy_to_device(arrays[pos].reshape(-1))
-        snapshot = {o.id: residency.host_value(o) for o in self._snap}
-        first = self.compile_seconds is None
-        t0 = time.perf_counter()
+            if arrays[pos].size:
+                dev.copy_to_device(arrays[pos].reshape(-1))
+        for t in self._leaves:   # a host step or assignment may have written them last
+            residency.device_array(t, cuda.to_device)
         with self._simulating():
             for kernel, config, args in launches:
                 kernel[config](*args)
         residency.device_written(self._written)
-        if first:
-            self.compile_seconds = time.perf_counter() - t0
-            if not self.simulator:
-                record_compiled(self.path)
-            log.info("bpc: ran (compiling or loading) %d CUDA kernels of '%s' (%s) in %.2f s",
-                     len(launches), self.program.name, self.key[:12], self.compile_seconds)
-        return [np.array(self._value_of(o, arrays, bufs, snapshot, batch)) for o in self.program.outputs]
+        if "kernels" not in self.compile_seconds and not self.simulator:
+            record_compiled(self.path)
+        return "kernels"
 
     @contextmanager
     def _simulating(self):
@@ -171,10 +150,14 @@ class CudaBackend:
         finally:
             sys.setswitchinterval(old)
 
-    def _value_of(self, node, arrays, bufs, snapshot, batch):
-        def buffer_value(n):
-            return bufs[self._buffer_of[n.id]].copy_to_host().reshape(resolve(n.shape, batch)) if n.id in self._buffer_of else None
-        return output_value(node, self.plan, buffer_value, arrays, self._input_pos, snapshot, batch)
+    def buffer_value(self, workspace, node, batch):
+        shape = resolve(node.shape, batch)
+        dev = workspace[0][self.plan.buffers[node.id]]
+        return dev.copy_to_host().reshape(shape) if dev.size else np.zeros(shape, node.dtype)
+
+
+def _flat_size(shape, batch):
+    return int(np.prod(resolve(shape, batch), dtype=np.int64))
 
 
 __all__ = ["CudaBackend", "Limits", "check_available", "generate", "simulator_enabled"]

@@ -80,10 +80,8 @@ class Generator:
         """The flat array argument holding (base) node n's values."""
         if n.id in self.plan.in_place:
             return self.storage(self.plan.in_place[n.id])
-        if n.kind == "input":
-            return f"in_{self.names[n]}"
         if n.op is None:
-            return {"param": "p_", "state": "s_", "constant": "c_"}[n.kind] + self.names[n]
+            return self.names[n]
         return f"b{self.plan.buffers[n.id]}"
 
     def _use(self, array, dtype):
@@ -143,11 +141,23 @@ class Generator:
             count += 1
             describe = f"{self._kernel_name}: {k.kind} [{', '.join(n.op.name for n in k.nodes)}]"
             out += getattr(self, f"_kernel_{k.kind}")(k, describe)
+        # Updates not written in place, after every kernel: values that are
+        # themselves updated leaves are saved first ({A: B, B: A} swaps).
+        saved = {}
+        for _, value in self.plan.copies:
+            b = self.plan.snapshots.get(value.id)
+            if b is not None and value.id not in saved:
+                saved[value.id] = b
+                self._start(f"k{count}_save_{self.names[value]}", [value])
+                count += 1
+                out += self._kernel_copy(f"b{b}", value, value, f"{self._kernel_name}: save the pre-step "
+                                                                f"value of {self.names[value]}")
         for param, value in self.plan.copies:
             self._start(f"k{count}_update_{self.names[param]}", [param])
             count += 1
-            out += self._kernel_copy(param, value, f"{self._kernel_name}: copy the new value of "
-                                                   f"{self.names[param]}")
+            out += self._kernel_copy(self.storage(param), param, value,
+                                     f"{self._kernel_name}: copy the new value of {self.names[param]}",
+                                     saved=f"b{saved[value.id]}" if value.id in saved else None)
         return "\n".join(out) + "\n"
 
     # ----- helpers --------------------------------------------------------------------
@@ -372,15 +382,21 @@ class Generator:
         self.emit(self.write(n, out, "arg"), 2)
         return self._finish("argmax", {"total": [x.shape[a] for a in outer]}, describe)
 
-    def _kernel_copy(self, param, value, describe):
-        """A deferred update: the new value, computed elsewhere, copied into
-        the parameter after every kernel that reads the old one."""
-        self.emit(f"total = {size_expr(param.shape)}", 1)
+    def _kernel_copy(self, dst, like, value, describe, saved=None):
+        """Copy `value` into the flat array `dst` (shaped like node `like`):
+        a deferred update, after every kernel that reads the old value, or
+        the saving of a value first. `saved` names a buffer already holding
+        the value, flat."""
+        self.emit(f"total = {size_expr(like.shape)}", 1)
         self._grid_stride("t", "total", 1)
-        src = typed_const(self.plan.inline[value.id], param.dtype) if value.id in self.plan.inline \
-            else self.read(value, split_index("t", param.shape))
-        self.emit(self.write(param, None, src, offset="t"), 2)
-        return self._finish("copy", {"total": param.shape}, describe)
+        if value.id in self.plan.inline:
+            src = typed_const(self.plan.inline[value.id], like.dtype)
+        elif saved is not None:
+            src = f"{self._use(saved, value.dtype)}[t]"
+        else:
+            src = self.read(value, split_index("t", like.shape))
+        self.emit(f"{self._use(dst, like.dtype)}[t] = {src}", 2)
+        return self._finish("copy", {"total": like.shape}, describe)
 
 
 def _uniform_value(result, dtype):

@@ -49,10 +49,11 @@ def compile_program(program, cc=(9, 0), tile=16):
     from numba import cuda
     from . import generate, simulator_enabled
     from ..cache import load_module
+    from ...passes.fuse import plan as make_plan
     if simulator_enabled():
         raise RuntimeError("compile_program needs the real numba.cuda: run it in a process "
                            "without NUMBA_ENABLE_CUDASIM")
-    _, gen, source = generate(program, tile)
+    gen, source = generate(program, make_plan(program), tile)
     module, _, _ = load_module(source, "cuda", "bpc_cuda")
     out = {}
     for spec in gen.specs:

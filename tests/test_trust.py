@@ -1,0 +1,242 @@
+"""Compiled targets return exactly what the interpreter returns.
+
+Each test is a program that a compiled target once got wrong: buffers
+reused under live views, outputs that are views of params, updates that
+read each other, user names that leaked into generated code, concurrent
+calls, params shared between targets, the numerics check and the
+interpreter-beside-the-target check (`check=True`).
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import bpc
+
+
+def run_on(target, build, feeds, steps=1):
+    """Build a program, run it `steps` times; returns (outputs per step,
+    param values after each step)."""
+    inputs, outputs, updates, params = build()
+    f = bpc.function(inputs, outputs, updates=updates, target=target)
+    outs, values = [], []
+    for _ in range(steps):
+        outs.append([np.array(o) for o in f(*feeds)])
+        values.append([np.array(p.value) for p in params])
+    return outs, values
+
+
+def assert_same_as_interpreter(target, build, feeds, steps=1, rtol=1e-6):
+    want = run_on("interpret", build, feeds, steps)
+    got = run_on(target, build, feeds, steps)
+    for step, (w_outs, g_outs) in enumerate(zip(want[0], got[0])):
+        for k, (w, g) in enumerate(zip(w_outs, g_outs)):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-7, err_msg=f"step {step}, output {k}")
+    for step, (w_vals, g_vals) in enumerate(zip(want[1], got[1])):
+        for k, (w, g) in enumerate(zip(w_vals, g_vals)):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-7, err_msg=f"step {step}, param {k}")
+    return got
+
+
+# ----- buffers under live views -----------------------------------------------------------
+
+def test_worked_example_returns_every_gradient_with_the_forward_values(target):
+    """The 1-1-1 sigmoid network of the worked example: b1's gradient was
+    once the buffer that w2's gradient overwrote."""
+    def build():
+        x, y = bpc.input("x", (None, 1)), bpc.input("y", (None, 1))
+        w1, b1 = bpc.param("w1", np.ones((1, 1))), bpc.param("b1", np.zeros(1))
+        w2, b2 = bpc.param("w2", -np.ones((1, 1))), bpc.param("b2", np.zeros(1))
+        out = bpc.sigmoid(bpc.sigmoid(x @ w1 + b1) @ w2 + b2)
+        loss = bpc.sum((out - y) ** 2)
+        return [x, y], [loss, out, *bpc.grad(loss, [w1, b1, w2, b2])], None, []
+    outs, _ = assert_same_as_interpreter(target, build, [np.ones((1, 1)), np.ones((1, 1))])
+    np.testing.assert_allclose(outs[0][3], [0.0582], atol=1e-4)    # d loss / d b1
+    np.testing.assert_allclose(outs[0][4], [[-0.2165]], atol=1e-4)  # d loss / d w2
+
+
+def test_outputs_and_updates_that_are_views_of_intermediates(target):
+    def build():
+        x = bpc.input("x", (None, 3))
+        A = bpc.param("A", np.arange(6.0).reshape(2, 3) / 7)
+        W = bpc.param("W", np.zeros((3, 2)))
+        h = bpc.tanh(x @ A.T)                      # (N, 2)
+        later = bpc.exp(h) @ A                     # reuses buffers after h's last read
+        outs = [bpc.transpose(h), bpc.reshape(h, (None, 2, 1)), bpc.sum(later * 2.0), later + 1.0]
+        return [x], outs, {W: bpc.transpose(A + 1.0)}, [A, W]
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    assert_same_as_interpreter(target, build, [x], steps=2)
+
+
+def test_output_that_is_a_view_of_a_param_gives_the_pre_step_value(target):
+    def build():
+        x = bpc.input("x", (None, 2))
+        W = bpc.param("W", np.arange(6.0).reshape(2, 3))
+        return [x], [bpc.sum(x @ W), W.T, bpc.reshape(W, (3, 2)), W], {W: W * 2.0}, [W]
+    outs, values = assert_same_as_interpreter(target, build, [np.ones((1, 2))], steps=2)
+    np.testing.assert_array_equal(outs[1][1], 2.0 * np.arange(6.0).reshape(2, 3).T)
+    np.testing.assert_array_equal(values[1][0], 4.0 * np.arange(6.0).reshape(2, 3))
+
+
+# ----- simultaneous updates ---------------------------------------------------------------
+
+def test_updates_are_simultaneous(target):
+    """Every update value is computed from the pre-step values, then all
+    are written: a swap, the target-network pattern, an update that is an
+    output, and a cycle of three that goes through views."""
+    def build():
+        z = bpc.input("z", (None, 1))
+        A, B = bpc.param("A", np.array([1.0, 5.0])), bpc.param("B", np.array([2.0, 7.0]))
+        C, D = bpc.param("C", np.array([3.0, -1.0])), bpc.param("D", np.array([0.5, 0.25]))
+        P, Q = bpc.param("P", np.arange(4.0).reshape(2, 2)), bpc.param("Q", -np.eye(2))
+        R = bpc.param("R", np.full((2, 2), 3.0))
+        new_d = D * 3.0
+        updates = {A: B, B: A, C: C - 1.0, D: new_d, P: Q.T, Q: R, R: P + 1.0}
+        return [z], [bpc.sum(z) + bpc.sum(C), new_d, C], updates, [A, B, C, D, P, Q, R]
+    _, values = assert_same_as_interpreter(target, build, [np.ones((2, 1))], steps=3)
+    np.testing.assert_array_equal(values[0][0], [2.0, 7.0])
+    np.testing.assert_array_equal(values[0][1], [1.0, 5.0])
+    np.testing.assert_array_equal(values[1][0], [1.0, 5.0])
+
+
+def test_target_network_copy_sees_the_old_weights(target):
+    def build():
+        x = bpc.input("x", (None, 2))
+        W = bpc.param("W", np.ones((2, 2)))
+        T = bpc.param("T", np.zeros((2, 2)))
+        loss = bpc.sum(bpc.square(x @ W))
+        (g,) = bpc.grad(loss, [W])
+        return [x], [loss], {W: W - 0.1 * g, T: W}, [W, T]
+    _, values = assert_same_as_interpreter(target, build, [np.ones((3, 2))], steps=2)
+    np.testing.assert_array_equal(values[0][1], np.ones((2, 2)))
+
+
+# ----- names --------------------------------------------------------------------------------
+
+def test_user_names_never_reach_generated_identifiers(target):
+    names = ["x_b", "b", "i0", "math", "b0", "return", "np", "σ²", "µ", "μ", "N", "step_serial",
+             "with space", "a\nimport os"]
+
+    def build():
+        x = bpc.input("x_b", (None, 2))
+        params = [bpc.param(n, np.full(2, 1.0 + k)) for k, n in enumerate(names)]
+        out = x
+        for k, p in enumerate(params):
+            out = out * p + float(k) if k % 2 else out + p
+        named = bpc.tanh(out, name="np")
+        return [x], [bpc.sum(out), named], {p: p * 0.5 for p in params[:4]}, params
+    assert_same_as_interpreter(target, build, [np.linspace(-0.1, 0.1, 6).reshape(3, 2)], rtol=1e-9)
+
+
+def test_source_shows_user_names_only_in_the_legend():
+    x = bpc.input("x", (None, 2))
+    W = bpc.param("weights of 'layer\n1'", np.ones((2, 2)))
+    f = bpc.function([x], bpc.sum(x @ W), target="cpu")
+    code = f.backend.source
+    assert "layer" not in code and "weights" not in code
+    assert "weights of" in f.source.split("\n\n")[0]     # the legend, one comment per line
+    assert all(line.startswith("#") for line in f.source.split("\n\n")[0].splitlines())
+
+
+# ----- threads, residency, inputs -----------------------------------------------------------
+
+@pytest.mark.parametrize("with_updates", [False, True])
+def test_concurrent_calls_of_one_function_are_each_correct(with_updates):
+    x = bpc.input("x", (None, 8), dtype="float64")
+    W = bpc.param("W", np.linspace(-1, 1, 64).reshape(8, 8))
+    count = bpc.param("count", np.zeros(1))
+    out = bpc.tanh(x @ W) @ W.T
+    f = bpc.function([x], [out, bpc.sum(out)], target="cpu",
+                     updates={count: count + 1.0} if with_updates else None)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(int(rng.integers(1, 40)), 8)) for _ in range(16)]
+    expected = [np.tanh(b @ W.value) @ W.value.T for b in batches]
+    failures = []
+
+    def worker(seed):
+        order = np.random.default_rng(seed).permutation(len(batches))
+        for _ in range(5):
+            for i in order:
+                o, s = f(batches[i])
+                if not np.allclose(o, expected[i]) or not np.isclose(s, expected[i].sum()):
+                    failures.append(i)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    if with_updates:
+        assert count.value[0] == 4 * 5 * len(batches)
+
+
+@pytest.mark.parametrize("device", ["cuda"])
+def test_a_param_has_one_value_whichever_target_wrote_it_last(device):
+    from conftest import TARGETS
+    if device not in TARGETS:
+        pytest.skip(f"target {device} is not tested here (BPC_TEST_TARGETS)")
+    x = bpc.input("x", (None, 2))
+    W = bpc.param("W", np.ones((2, 2)))
+    loss = bpc.sum(x @ W)
+    (g,) = bpc.grad(loss, [W])
+    steps = {t: bpc.function([x], loss, updates={W: W - 0.5 * g}, target=t)
+             for t in ("interpret", "cpu", device)}
+    predict = {t: bpc.function([x], x @ W, target=t) for t in ("interpret", "cpu", device)}
+    X = np.ones((1, 2))
+    expected = np.ones((2, 2))
+    for t in ["cpu", device, device, "interpret", "cpu", device]:
+        steps[t](X)
+        expected -= 0.5
+        for reader in ("interpret", "cpu", device):
+            np.testing.assert_allclose(predict[reader](X), X @ expected, err_msg=f"after {t}, read on {reader}")
+        np.testing.assert_allclose(W.value, expected)
+    W.value = np.full((2, 2), 7.0)      # a host assignment reaches the device copy
+    np.testing.assert_allclose(predict[device](X), X @ W.value)
+
+
+def test_read_only_inputs_run_the_same_machine_code():
+    x = bpc.input("x", (None, 3))
+    f = bpc.function([x], bpc.sum(x * 2.0), target="cpu", parallel=False)
+    a = np.ones((2, 3))
+    f(a)
+    a.flags.writeable = False
+    assert f(a) == 12.0
+    assert len(f.backend.module.step_serial.signatures) == 1
+
+
+# ----- the numerics check and check=True -----------------------------------------------------
+
+def test_check_numerics_catches_a_nan_gradient_and_leaves_params_unchanged(target):
+    x = bpc.input("x", (None, 2))
+    W = bpc.param("W", np.array([[1.0, -1.0], [2.0, 0.5]]))
+    loss = bpc.sum(bpc.sqrt(bpc.abs(x @ W)))      # finite, but its gradient at 0 is inf
+    (g,) = bpc.grad(loss, [W])
+    step = bpc.function([x], loss, updates={W: W - 0.1 * g}, target=target, check_numerics=True)
+    before = W.value.copy()
+    with pytest.raises(FloatingPointError, match="left unchanged"):
+        step(np.array([[1.0, 2.0]]))              # x @ W has a zero column
+    np.testing.assert_array_equal(W.value, before)
+    step(np.array([[1.0, 1.0]]))
+    assert not np.array_equal(W.value, before)
+
+
+def test_check_runs_the_interpreter_beside_the_target_and_names_the_mismatch(target, monkeypatch):
+    if target == "interpret":
+        pytest.skip("check=True compares a compiled target with the interpreter")
+    x = bpc.input("x", (None, 2))
+    W = bpc.param("W", np.ones((2, 2)))
+    out = bpc.tanh(x @ W)
+    step = bpc.function([x], [out], updates={W: W * 0.5}, target=target, check=True)
+    step(np.ones((3, 2)))                         # agrees: no error
+    np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
+    # Make the compiled step wrong, as a compiler bug would.
+    real = step.backend.run
+
+    def broken(ws, arrays, batch):
+        variant = real(ws, arrays, batch)
+        W.value = W.value + np.array([[1.0, 0.0], [0.0, 0.0]])
+        return variant
+    monkeypatch.setattr(step.backend, "run", broken)
+    with pytest.raises(bpc.CheckError, match=r"update of param 'W'.*test_trust\.py.*left unchanged"):
+        step(np.ones((3, 2)))
+    np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
