@@ -240,3 +240,14 @@ def test_check_runs_the_interpreter_beside_the_target_and_names_the_mismatch(tar
     with pytest.raises(bpc.CheckError, match=r"update of param 'W'.*test_trust\.py.*left unchanged"):
         step(np.ones((3, 2)))
     np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
+
+
+def test_products_over_an_empty_inner_axis_are_zeros(target):
+    x = bpc.input("x", (None, 0), dtype="float64")
+    W = bpc.param("W", np.zeros((0, 2)))
+    y = x @ W
+    f = bpc.function([x], [y, bpc.sum(y), bpc.sum(x, axis=1)], target=target)
+    out, total, rows = f(np.zeros((3, 0)))
+    np.testing.assert_array_equal(out, np.zeros((3, 2)))
+    assert total == 0.0
+    np.testing.assert_array_equal(rows, np.zeros(3))
