@@ -16,9 +16,15 @@ from .graph.traverse import topo_sort
 from .passes import optimize as run_passes
 
 log = logging.getLogger("bpc")
-if os.environ.get("BPC_LOG_COMPILES"):  # say when, what and why bpc compiles
-    log.setLevel(logging.INFO)
-    log.addHandler(logging.StreamHandler())
+
+
+def _log_compiles():
+    """BPC_LOG_COMPILES=1 prints when, what and why bpc compiles. Set up
+    when a compiled function is first built, not at import, so importing
+    bpc configures no logging of its own."""
+    if os.environ.get("BPC_LOG_COMPILES", "") not in ("", "0") and not log.handlers:
+        log.setLevel(logging.INFO)
+        log.addHandler(logging.StreamHandler())
 
 TARGETS = ("interpret", "cpu", "cuda")
 
@@ -36,22 +42,20 @@ class Program:
     def roots(self):
         return list(self.outputs) + [v for _, v in self.updates]
 
-    def leaves(self, kind):
-        return [n for n in topo_sort(self.roots + [p for p, _ in self.updates]) if n.kind == kind]
-
 
 def default_target():
-    """The fastest target that works on this machine."""
+    """The fastest target that works on this machine: cpu where Numba is
+    installed, else the interpreter."""
     import importlib.util
-    if importlib.util.find_spec("bpc.backends.cpu") is not None:
-        return "cpu"
-    return "interpret"
+    return "cpu" if importlib.util.find_spec("numba") is not None else "interpret"
 
 
 def _make_backend(target, program, options):
     if target == "interpret":
         from .backends.interpret import InterpretBackend
         return InterpretBackend(program, **options)
+    if target in ("cpu", "cuda"):
+        _log_compiles()
     if target == "cpu":
         from .backends.cpu import CpuBackend
         return CpuBackend(program, **options)

@@ -126,10 +126,6 @@ class Tensor:
     def ndim(self):
         return len(self.shape)
 
-    @property
-    def is_leaf(self):
-        return self.op is None
-
     def __repr__(self):
         return (f"<bpc.Tensor {self.name}: {self.dtype.name}{format_shape(self.shape)}"
                 f" {self.op.name if self.op else self.kind}>")
