@@ -6,8 +6,11 @@
 
 MODEL is a built-in name (`mlp:64-64-64-10`, `tiny`, `medium`, `large`) or a
 path to a Python file defining `build()` (see `bpc.models`). Errors in the
-arguments, the model or the data print one line and exit with status 2;
-failures while running exit with status 1.
+arguments, the model or the data (an exception raised by a model file's
+`build()` or `data()` included) print one line and exit with status 2;
+failures while running (out of memory, a file that cannot be written, an
+unexpected error) print one line and exit with status 1. BPC_DEBUG=1 shows
+the full traceback instead.
 """
 import argparse
 import csv
@@ -15,6 +18,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 
 from . import __version__
 from .models import ModelError, load as load_model
@@ -45,11 +49,67 @@ def _positive(kind):
     return parse
 
 
+def _fraction(text):
+    """--validation-split: a fraction in (0, 1), or 0 for none."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = None
+    if v is None or not (v == 0 or 0 < v < 1):
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (such as 0.2), or 0 for no "
+                                         f"validation, got {text!r}")
+    return v
+
+
+def _model_files(args):
+    """The MODEL arguments of this command that are files."""
+    models = getattr(args, "model", None)
+    models = models if isinstance(models, list) else [models]
+    return [m for m in models if isinstance(m, str) and os.path.isfile(m)]
+
+
+def _where(exc, files):
+    """'FILE:LINE in FUNCTION()' of the innermost traceback frame in one of
+    `files` (the user's model files), or ''."""
+    real = {os.path.realpath(f) for f in files}
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in real]
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}()" if frames else ""
+
+
+def _failure(what, exc, files=()):
+    """One line for an exception raised while running user code or bpc."""
+    where, text = _where(exc, files), str(exc)
+    return f"{what}: {type(exc).__name__}" + (f": {text}" if text else "") + (f" (at {where})" if where else "")
+
+
+def _load_model(model, seed):
+    """`bpc.models.load`, any failure of the model file's own code (build(),
+    data() for the input shape, imports) as one ModelError."""
+    try:
+        return load_model(model, seed=seed)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(_failure(f"model '{model}' failed to load", e, [model])) from e
+
+
+def _load_data(spec):
+    """`spec.load_data()`, a failure of data() as one ModelError."""
+    try:
+        return spec.load_data()
+    except ModelError:
+        raise
+    except Exception as e:
+        what = (f"data() in model file '{spec.source}' failed" if spec.source and spec.source != "builtin"
+                else f"loading the data of model '{spec.name}' failed")
+        raise ModelError(_failure(what, e, [spec.source])) from e
+
+
 # ----- bpc dot ------------------------------------------------------------------------------------
 
 def cmd_dot(args):
     from . import autodiff, dot
-    spec = load_model(args.model, seed=args.seed)
+    spec = _load_model(args.model, args.seed)
     g = spec.graph()
     title = f"{spec.name}: " + ("fused kernels" if args.fused else "gradient graph" if args.grad else "forward graph")
     if args.fused:
@@ -126,7 +186,12 @@ def _bench(args, mlp_step, scaling):
         scaling.QUICK_BATCHES if args.quick else scaling.BATCHES)
     widths = scaling.parse_sizes(args.widths, "--widths") if args.widths is not None else (
         scaling.QUICK_WIDTHS if args.quick else scaling.WIDTHS)
-    workloads = mlp_step.resolve_workloads(args.model, args.batch_size)   # checks every MODEL first
+    try:
+        workloads = mlp_step.resolve_workloads(args.model, args.batch_size)   # checks every MODEL first
+    except (ModelError, mlp_step.BenchError):
+        raise
+    except Exception as e:
+        raise ModelError(_failure("a --model failed to load", e, _model_files(args))) from e
     report = mlp_step.run(args.model, args.batch_size, args.target, args.threads, compare, args.rounds,
                           args.min_round_s, not args.no_startup, args.out, not args.no_progress)
     if not args.no_scaling:
@@ -158,13 +223,17 @@ def cmd_train(args):
     fit = getattr(bpc, "fit", None)
     if fit is None:
         raise CommandError("bpc train needs bpc.fit (bpc/train.py), which this installation of bpc lacks")
-    spec = load_model(args.model, seed=args.seed)
-    X, Y, Xv, Yv = spec.load_data()
-    validation = (Xv, Yv) if Xv is not None else (args.validation_split or None)
+    spec = _load_model(args.model, args.seed)
+    X, Y, Xv, Yv = _load_data(spec)
+    split = 0.2 if args.validation_split is None else args.validation_split
+    if Xv is not None and args.validation_split is not None:
+        print(f"note: --validation-split {args.validation_split:g} is not used: the data of {spec.name} "
+              "has its own validation part", file=sys.stderr)
+    validation = (Xv, Yv) if Xv is not None else (split or None)
     opt = _make_optimizer(args.optimizer, args.lr)
     print(f"training {spec.name} on {len(X)} examples"
           + (f" (validating on {len(Xv)})" if Xv is not None else
-             f" ({args.validation_split:.0%} held out for validation)" if args.validation_split else "")
+             f" ({split:.0%} held out for validation)" if split else "")
           + f": {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {float(opt.lr.value):g}, "
           f"target {args.target or 'default'}", file=sys.stderr)
     history = fit(spec.module, X, Y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
@@ -175,9 +244,9 @@ def cmd_train(args):
     print("  ".join(["epoch"] + [f"{k:>12}" for k in keys]))
     for row in rows:
         print("  ".join([f"{row[0]:>5}"] + [f"{v:>12.4f}" for v in row[1:]]))
+    written = []
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        written = []
         path = os.path.join(args.out, "history.json")
         with open(path, "w") as f:
             json.dump({"model": spec.name, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -195,10 +264,11 @@ def cmd_train(args):
                 written.append(bpc.plot_history(history, os.path.join(args.out, "history.png")))
             except ImportError as e:
                 print(f"note: no plot ({e})", file=sys.stderr)
-        if args.save:
-            bpc.save_checkpoint(args.save, [spec.module, opt], step=int(opt.step_count.value),
-                                extra={"model": spec.name, "history": h})
-            written.append(args.save)
+    if args.save:       # also without --out
+        bpc.save_checkpoint(args.save, [spec.module, opt], step=int(opt.step_count.value),
+                            extra={"model": spec.name, "history": h})
+        written.append(args.save)
+    if written:
         print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
@@ -254,8 +324,9 @@ def build_parser():
     t.add_argument("--target", default=None, choices=["interpret", "cpu", "cuda"],
                    help="compile target (default: bpc's default)")
     t.add_argument("--seed", type=int, default=0, help="initial weights and shuffling")
-    t.add_argument("--validation-split", type=float, default=0.2,
-                   help="fraction held out when the data has no validation part (default 0.2; 0: none)")
+    t.add_argument("--validation-split", type=_fraction, default=None, metavar="FRACTION",
+                   help="fraction in (0, 1) held out when the data has no validation part "
+                        "(default 0.2; 0: none)")
     t.add_argument("--out", default="bpc_train", metavar="DIR",
                    help="folder for history.json/.csv/.png (default bpc_train; '' to save nothing)")
     t.add_argument("--no-plot", dest="plot", action="store_false", help="no history.png")
@@ -302,20 +373,32 @@ def main(argv=None):
         args.out = None
     try:
         return args.run(args) or 0
-    except (ModelError, ValueError, FileNotFoundError, CommandError) as e:
-        if os.environ.get("BPC_DEBUG"):   # the full traceback
-            raise
-        if isinstance(e, CommandError):
-            _fail(prog, str(e), 1)
-        _fail(prog, str(e), 2)
-    except CommandError as e:
-        _fail(prog, str(e), 2)
     except KeyboardInterrupt:
         _fail(prog, "interrupted", 130)
     except BrokenPipeError:   # e.g. `bpc dot MODEL | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as e:
+        if os.environ.get("BPC_DEBUG"):   # the full traceback
+            raise
+        _fail(prog, *_message(e, args))
+
+
+def _message(e, args):
+    """(one-line message, exit status) for an exception from a command: 2
+    for a bad argument, model, data or input file, 1 for a failure while
+    running."""
+    if isinstance(e, CommandError):
+        return str(e), 1
+    if isinstance(e, (ModelError, ValueError, FileNotFoundError)):
+        return str(e), 2
+    if isinstance(e, MemoryError):
+        hint = " (try a smaller --batch-size)" if getattr(args, "batch_size", None) else ""
+        return _failure("out of memory", e, _model_files(args)) + hint, 1
+    if isinstance(e, OSError):    # e.g. an output that cannot be written
+        return (f"'{e.filename}': {e.strerror}" if e.filename and e.strerror else str(e)), 1
+    return _failure("unexpected error", e, _model_files(args)) + "; set BPC_DEBUG=1 for the traceback", 1
 
 
 if __name__ == "__main__":

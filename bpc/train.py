@@ -431,17 +431,57 @@ def _save(path, model, opt, history, rng, stopper, epochs_done):
 
 
 def _resume(path, model, opt, history, stopper):
-    """Load a checkpoint written by fit; returns (first epoch to run, rng)."""
-    ck = ckpt.load(path, [model, opt])
-    if "epoch" not in ck.extra:
-        raise ckpt.CheckpointError(f"checkpoint '{path}' was not written by bpc.fit (no epoch count)")
-    history.history = {k: list(v) for k, v in ck.extra["history"].items()}
-    history.epochs_run = ck.extra["epoch"]
-    if stopper is not None and ck.extra.get("early_stopping"):
-        for k, v in ck.extra["early_stopping"].items():
-            setattr(stopper, k, v)
+    """Load a checkpoint written by fit; returns (first epoch to run, rng).
+    The file and its training state are checked before anything is assigned."""
+    ck = ckpt.read(path)
+    epoch, hist, stopping = _fit_state(ck)
+    rng = ck.rng()
+    ckpt.restore(ck, [model, opt])
+    history.history = hist
+    history.epochs_run = epoch
+    if stopper is not None and stopping:
+        stopper.best = float(stopping["best"])
+        stopper.best_epoch, stopper.wait = stopping["best_epoch"], stopping["wait"]
         history.best_epoch = stopper.best_epoch
-    return ck.extra["epoch"], ck.rng()
+    return epoch, rng
+
+
+def _fit_state(ck):
+    """(epochs done, history, early-stopping state or None) from the `extra`
+    of a checkpoint written by fit; CheckpointError naming the first bad field."""
+    extra = ck.extra
+
+    def bad(problem):
+        return ckpt.CheckpointError(f"checkpoint '{ck.path}' has a bad training state: {problem}")
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if "epoch" not in extra:
+        raise ckpt.CheckpointError(f"checkpoint '{ck.path}' was not written by bpc.fit (no epoch count)")
+    epoch = extra["epoch"]
+    if not ckpt._is_int(epoch) or epoch < 0:
+        raise bad(f"'epoch' must be an int >= 0, got {ckpt._short(epoch)}")
+    hist = extra.get("history")
+    if not isinstance(hist, dict):
+        raise bad(f"'history' must be an object, got {ckpt._short(hist)}")
+    for k, v in hist.items():
+        # <= epoch: a value first recorded after a resume (e.g. val_loss) has fewer entries
+        if not isinstance(v, list) or len(v) > epoch or not all(is_number(x) for x in v):
+            raise bad(f"history {ckpt._short(k)} must be a list of at most {epoch} numbers, got {ckpt._short(v)}")
+    stopping = extra.get("early_stopping")
+    if stopping is not None:
+        if not isinstance(stopping, dict) or set(stopping) != {"best", "best_epoch", "wait"}:
+            raise bad(f"'early_stopping' must be an object with best, best_epoch and wait, "
+                      f"got {ckpt._short(stopping)}")
+        if not is_number(stopping["best"]):
+            raise bad(f"early_stopping.best must be a number, got {ckpt._short(stopping['best'])}")
+        if not ckpt._is_int(stopping["best_epoch"]) or not -1 <= stopping["best_epoch"] < epoch:
+            raise bad(f"early_stopping.best_epoch must be an int in [-1, {epoch}), "
+                      f"got {ckpt._short(stopping['best_epoch'])}")
+        if not ckpt._is_int(stopping["wait"]) or stopping["wait"] < 0:
+            raise bad(f"early_stopping.wait must be an int >= 0, got {ckpt._short(stopping['wait'])}")
+    return epoch, {k: [float(x) for x in v] for k, v in hist.items()}, stopping
 
 
 # ----- plots ---------------------------------------------------------------------------------

@@ -156,6 +156,12 @@ def test_dot_of_a_model_file(model_file, tmp_path):
     (["bench", "--batches", "1,x"], "comma-separated"),
     (["dot", "mlp:4-3", "--grad", "--fused"], "not allowed with"),
     (["frobnicate"], "invalid choice"),
+    (["train", "mlp:4-3", "--validation-split", "1.5"],
+     "argument --validation-split: expected a fraction between 0 and 1"),
+    (["train", "mlp:4-3", "--validation-split", "1"], "expected a fraction between 0 and 1"),
+    (["train", "mlp:4-3", "--validation-split", "-0.2"], "expected a fraction between 0 and 1"),
+    (["train", "mlp:4-3", "--validation-split", "nan"], "expected a fraction between 0 and 1"),
+    (["train", "mlp:4-3", "--validation-split", "a fifth"], "expected a fraction between 0 and 1"),
 ])
 def test_bad_input_gives_clear_error_and_nonzero_exit(argv, message, capsys, tmp_path):
     code = run_cli(*argv, *(["--out", tmp_path / "o"] if argv[0] == "bench" else []))
@@ -184,6 +190,101 @@ def test_train_without_data_function(tmp_path, capsys):
     path.write_text("import bpc\ndef build():\n    return bpc.nn.Dense(3, 2, seed=0)\n")
     assert run_cli("train", path, "--target", "interpret", "--out", "") == 2
     assert "has no data: define data()" in capsys.readouterr().err
+
+
+def write_model(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text("import numpy as np\nimport bpc\n" + textwrap.dedent(body))
+    return path
+
+
+FAILING_DATA = """
+    INPUT_SHAPE = (3,)
+    def build():
+        return bpc.nn.Dense(3, 2, seed=0)
+    def data():
+        raise RuntimeError("dataset server unreachable")
+"""
+
+
+@pytest.mark.parametrize("error, message", [
+    ('RuntimeError("dataset server unreachable")', "RuntimeError: dataset server unreachable"),
+    ('MemoryError("Unable to allocate 8.00 TiB")', "MemoryError: Unable to allocate 8.00 TiB"),
+    ("KeyError('label')", "KeyError: 'label'"),
+])
+def test_data_that_raises_is_one_line_naming_the_file(error, message, tmp_path, capsys):
+    path = write_model(tmp_path, "failing.py", FAILING_DATA.replace('RuntimeError("dataset server unreachable")',
+                                                                     error))
+    assert run_cli("train", path, "--target", "interpret", "--out", "") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"bpc train: error: data() in model file '{path}' failed: {message} (at {path}:8 in data())" in err
+
+
+def test_data_that_raises_while_finding_the_input_shape(tmp_path, capsys):
+    """Without INPUT_SHAPE and a Dense first layer, loading the model calls data()."""
+    path = write_model(tmp_path, "shape.py", """
+        def build():
+            return bpc.nn.Sequential([bpc.nn.Dropout(0.1), bpc.nn.Dense(3, 2, seed=0)])
+        def data():
+            return np.load("no_such_data.npy")
+    """)
+    for argv in (["dot", path], ["train", path, "--out", ""],
+                 ["bench", "--model", path, "--no-progress", "--out", tmp_path / "b"]):
+        assert run_cli(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "FileNotFoundError" in err and f"{path}:7 in data()" in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_build_that_raises_is_one_line(tmp_path, capsys):
+    path = write_model(tmp_path, "nobuild.py", """
+        def build():
+            raise ValueError("unknown layer size")
+    """)
+    assert run_cli("dot", path) == 2
+    assert "build() in model file" in capsys.readouterr().err
+
+
+def test_model_code_failing_while_running_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
+    path = write_model(tmp_path, "forward.py", """
+        INPUT_SHAPE = (3,)
+        class Model:
+            params = [bpc.param("w", np.ones((3, 2)))]
+            def __call__(self, x, training=True):
+                return x.no_such_attribute
+        def build():
+            return Model()
+    """)
+    assert run_cli("dot", path) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected error: AttributeError" in err
+    assert f"(at {path}:8 in __call__())" in err and "BPC_DEBUG=1" in err
+    monkeypatch.setenv("BPC_DEBUG", "1")
+    with pytest.raises(AttributeError):                 # the full traceback on request
+        cli.main(["dot", str(path)])
+
+
+@pytest.mark.parametrize("error, message", [
+    (MemoryError("Unable to allocate 3.00 GiB"), "out of memory: MemoryError: Unable to allocate 3.00 GiB "
+                                                 "(try a smaller --batch-size)"),
+    (PermissionError(13, "Permission denied", "run/history.json"), "'run/history.json': Permission denied"),
+])
+def test_failures_while_training_exit_1_with_one_line(error, message, monkeypatch, capsys):
+    def fit(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(bpc, "fit", fit)
+    assert run_cli("train", "mlp:4-3", "--target", "interpret", "--out", "") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("training mlp:4-3") and err[1:] == [f"bpc train: error: {message}"]
+
+
+def test_process_exit_status_for_failing_data(tmp_path):
+    path = write_model(tmp_path, "failing.py", FAILING_DATA)
+    proc = subprocess.run([sys.executable, "-m", "bpc", "train", str(path), "--out", ""],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("bpc train: error: data() in model file") and "Traceback" not in proc.stderr
 
 
 def test_process_exit_status_for_missing_file():
@@ -246,6 +347,24 @@ def test_train_writes_history(tmp_path, capsys):
         rows = list(csv.reader(f))
     assert rows[0][0] == "epoch" and "loss" in rows[0] and len(rows) == 3
     assert (out / "m.npz").exists()
+
+
+def test_train_saves_a_checkpoint_without_out_folder(model_file, tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    assert run_cli("train", model_file, "--epochs", 1, "--target", "interpret", "--quiet", "--out", "",
+                   "--validation-split", 0, "--save", path) == 0
+    err = capsys.readouterr().err
+    assert "held out" not in err and f"wrote {path}" in err
+    ck = bpc.checkpoint.read(path)
+    assert ck.step == 2 and ck.extra["model"] == "my_model"
+    assert "val_loss" not in ck.extra["history"]              # 0: no validation
+
+
+def test_validation_split_not_used_says_so(tmp_path, capsys):
+    assert run_cli("train", "mlp:4-3", "--epochs", 1, "--target", "interpret", "--quiet", "--out", "",
+                   "--validation-split", 0.5) == 0
+    assert "--validation-split 0.5 is not used: the data of mlp:4-3 has its own validation part" \
+        in capsys.readouterr().err
 
 
 def test_train_a_model_file(model_file, tmp_path):
