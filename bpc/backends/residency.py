@@ -20,6 +20,14 @@ copy that already exists.
 """
 import weakref
 
+# How many device copies were ever made: while none was, host targets skip
+# every residency check (a tiny cpu step is ~20 us; each check costs).
+_copies_made = [0]
+
+
+def any_device_copies():
+    return _copies_made[0] > 0
+
 
 class DeviceCopy:
     """The device copy of one leaf and which side is current."""
@@ -61,6 +69,7 @@ def device_array(t, upload):
     array)` on first use."""
     if t._device is None:
         t._device = DeviceCopy(upload(t._value.reshape(-1)), t)
+        _copies_made[0] += 1
     t._device.to_device()
     return t._device.array
 

@@ -38,6 +38,7 @@ class CpuBackend(CompiledBackend):
         self.codegen_seconds = time.perf_counter() - t0
         self._entries = {"serial": self.module.step_serial, "parallel": self.module.step_parallel}
         self._leaves = gen.leaves
+        self._leaf_values = [t._value for t in gen.leaves]   # assignments copy into these arrays
         self._parallel = parallel
 
     def make_workspace(self, batch):
@@ -50,8 +51,11 @@ class CpuBackend(CompiledBackend):
     def run(self, workspace, arrays, batch):
         bufs, variant = workspace
         first = variant not in self.compile_seconds
-        self._entries[variant](*arrays, *residency.host_arrays(self._leaves), *bufs)
-        residency.host_written(self._written)
+        if residency.any_device_copies():   # a device step may have written a leaf last
+            residency.host_arrays(self._leaves)
+        self._entries[variant](*arrays, *self._leaf_values, *bufs)
+        if residency.any_device_copies():
+            residency.host_written(self._written)
         if first and not self.compiled_from_cache(variant):
             record_compiled(self.path)
         return variant
