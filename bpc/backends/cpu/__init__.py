@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ...ops.core import resolve
-from . import threads
+from .. import threads
 from .. import residency
 from ..base import CompiledBackend
 from ..cache import load_module, record_compiled
