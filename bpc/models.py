@@ -61,21 +61,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import nn, ops
-from .graph.tensor import Tensor, input as input_tensor
+from . import nn
+# One table of losses and one graph builder shared with fit, so a LOSS name
+# means the same to `bpc train`, `bpc bench` and `bpc.fit`; LOSSES and
+# ModelGraph stay importable from here.
+from .losses import LOSSES, ModelGraph, ModelOutputError, build_graph
 
 
 class ModelError(ValueError):
     """A model name or model file that cannot be used (the CLI prints the
     message and exits with status 2)."""
 
-
-# loss name -> (bpc function (output, target) -> scalar, target kind)
-LOSSES = {
-    "softmax_cross_entropy": (ops.softmax_cross_entropy, "labels"),
-    "mse": (ops.mse, "values"),
-    "binary_cross_entropy_with_logits": (ops.binary_cross_entropy_with_logits, "values"),
-}
 
 # The training-step benchmark's workloads: name -> (model, batch size).
 WORKLOADS = {
@@ -86,22 +82,12 @@ WORKLOADS = {
 
 
 @dataclass
-class ModelGraph:
-    """The tensors of one model's training graph."""
-    x: Tensor            # input batch, shape (None, *input_shape)
-    y: Tensor            # targets: int64 labels (None,) or values shaped like the output
-    output: Tensor       # the model's output (logits)
-    loss: Tensor         # scalar
-    params: list         # trainable parameters
-
-
-@dataclass
 class ModelSpec:
     """A model plus what the command line needs to run it.
 
     module:      a `bpc.nn` Module (callable `(x, training=...)`, `.params`).
     input_shape: the shape of one example, e.g. (64,).
-    loss:        a name in `LOSSES`.
+    loss:        a name in `LOSSES` (`bpc.losses.LOSSES`).
     data:        `() -> (X, Y)` or `(X_train, Y_train, X_val, Y_val)`; optional.
     layers:      the layer sizes when the model is a plain MLP (enables the
                  GEMM bound from sizes and the PyTorch/JAX/NumPy comparisons).
@@ -135,18 +121,12 @@ class ModelSpec:
         return list(self.module.params)
 
     def graph(self, training=True):
-        """Build the training graph: input, labels, output, loss, params."""
-        x = input_tensor("x", (None,) + self.input_shape, dtype=self.dtype)
-        out = self.module(x, training=training)
-        if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] is not None:
-            raise ModelError(f"model '{self.name}': its output must be a tensor with a leading batch "
-                             f"axis, got {out!r}")
-        fn, kind = LOSSES[self.loss]
-        if kind == "labels":
-            y = input_tensor("y", out.shape[:-1], dtype="int64")
-        else:
-            y = input_tensor("y", out.shape, dtype=self.dtype)
-        return ModelGraph(x, y, out, fn(out, y), self.params)
+        """Build the model + loss graph (`bpc.losses.build_graph`): input,
+        targets, output (training or inference mode), loss, params."""
+        try:
+            return build_graph(self.module, self.loss, self.input_shape, self.dtype, training=training)
+        except ModelOutputError as e:
+            raise ModelError(f"model '{self.name}': {e}") from None
 
     def sample_batch(self, batch, seed=0):
         """Random inputs and targets of the right shapes and dtypes (for
@@ -155,13 +135,7 @@ class ModelSpec:
         X = rng.normal(size=(batch,) + self.input_shape).astype(self.dtype)
         g = self.graph(training=False)
         shape = tuple(batch if d is None else d for d in g.y.shape)
-        if LOSSES[self.loss][1] == "labels":
-            Y = rng.integers(0, g.output.shape[-1], shape).astype(np.int64)
-        elif self.loss == "binary_cross_entropy_with_logits":
-            Y = rng.integers(0, 2, shape).astype(self.dtype)
-        else:
-            Y = rng.normal(size=shape).astype(self.dtype)
-        return X, Y
+        return X, g.loss_spec.sample_targets(rng, shape, g.output.shape[-1], self.dtype)
 
     def load_data(self):
         """(X_train, Y_train, X_val or None, Y_val or None)."""

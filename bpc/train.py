@@ -10,6 +10,11 @@ function, then loops over shuffled mini-batches. Everything that changes
 the trajectory (parameters, optimizer state, dropout counters, the shuffling
 generator, the epoch) is checkpointed, so a resumed run continues exactly
 as an uninterrupted one would.
+
+`fit` itself is the outline of a run (check the arguments, build the graph
+and compile, resume, then per epoch: schedule, batches, metrics,
+validation, history, early stopping, checkpoint); each step is a small
+function below it. Losses and the graph come from `bpc.losses`.
 """
 import io
 import math
@@ -20,101 +25,16 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import metrics as metrics_mod
-from . import ops
 from . import optim
-from .autodiff import grad
 from .data import check_int, check_xy, index_batches, rng_from, train_test_split
 from .function import function
-from .graph.tensor import Tensor, input, format_shape
 from .io import atomic_write_text
-from .nn import l2_penalty
-
-
-# ----- losses ------------------------------------------------------------------------
-
-class Loss:
-    """A named loss and how its targets and class predictions look.
-
-    kind: "classes" (integer labels or class probabilities, argmax
-    predictions), "binary" (0/1 targets, predictions where the logit > 0),
-    "values" (real targets, no class predictions) or "custom"."""
-
-    def __init__(self, name, fn, kind):
-        self.name, self.fn, self.kind = name, fn, kind
-
-    def prepare(self, Y, out, dtype):
-        """Y as the array fed to the step: dtype and shape checked against the
-        model output `out` (a tensor)."""
-        Y = np.asarray(Y)
-        if Y.dtype.kind not in "biuf":
-            raise ValueError(f"loss '{self.name}': Y must hold numbers, got {Y.dtype}")
-        if self.kind == "custom":
-            return np.ascontiguousarray(Y, dtype=np.int64 if Y.dtype.kind in "biu" else dtype)
-        if self.kind == "classes" and Y.dtype.kind in "biu":
-            Y, want, what = Y.astype(np.int64), out.shape[1:-1], "integer class labels"
-        else:
-            what = "class probabilities" if self.kind == "classes" else "targets"
-            Y = Y.astype(dtype)
-            if Y.ndim == 1 and out.shape[1:] == (1,):
-                Y = Y[:, None]     # (n,) targets for a (batch, 1) output
-            want = out.shape[1:]
-        if Y.shape[1:] != want:
-            raise ValueError(f"loss '{self.name}': the model's output has shape {format_shape(out.shape)}, "
-                             f"so {what} need rows of shape {want}, but Y has shape {Y.shape}")
-        return np.ascontiguousarray(Y)
-
-    @property
-    def has_predictions(self):
-        return self.kind in ("classes", "binary")
-
-    def predictions(self, out):
-        """Class predictions from output values (NumPy)."""
-        return np.argmax(out, axis=-1) if self.kind == "classes" else (out > 0).astype(np.int64)
-
-    def labels(self, Y):
-        """True class labels from prepared targets (NumPy)."""
-        if self.kind == "classes":
-            return Y if Y.dtype.kind in "iu" else np.argmax(Y, axis=-1)
-        return (Y >= 0.5).astype(np.int64)
-
-
-LOSSES = {
-    "softmax_cross_entropy": Loss("softmax_cross_entropy", ops.softmax_cross_entropy, "classes"),
-    "binary_cross_entropy_with_logits": Loss("binary_cross_entropy_with_logits",
-                                             ops.binary_cross_entropy_with_logits, "binary"),
-    "mse": Loss("mse", ops.mse, "values"),
-}
-
-
-def get_loss(loss):
-    """A `Loss` from a name in LOSSES, a `Loss`, or a callable
-    `(output tensor, target tensor) -> scalar tensor`."""
-    if isinstance(loss, Loss):
-        return loss
-    if isinstance(loss, str) and loss in LOSSES:
-        return LOSSES[loss]
-    if callable(loss) and not isinstance(loss, str):
-        return Loss(getattr(loss, "__name__", "custom"), loss, "custom")
-    raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(repr(k) for k in LOSSES)} "
-                     "or a callable (output, target) -> scalar tensor")
+from .losses import LOSSES, Loss, ModelGraph, build_graph, get_loss  # noqa: F401  (LOSSES, Loss: re-exported)
 
 
 # ----- the graphs fit compiles -------------------------------------------------------------
 
-@dataclass
-class TrainGraph:
-    """The tensors of a model's training and inference graphs."""
-    x: Tensor                 # input batch
-    y: Tensor                 # targets
-    output: Tensor            # training-mode output (dropout active)
-    loss: Tensor              # training loss (with the L2 penalty, if any)
-    eval_output: Tensor       # inference-mode output
-    eval_loss: Tensor
-    params: list
-    grads: list               # d loss / d param, symbolic
-    grad_norms: list          # L2 norm of each gradient (scalars)
-    loss_spec: Loss
-    Y: np.ndarray = None      # the targets, prepared for y
+TrainGraph = ModelGraph   # the name fit's History.graph had before the graph moved to bpc.losses
 
 
 def _check_model(model):
@@ -132,32 +52,14 @@ def _check_model(model):
 
 
 def build_training_graph(model, X, Y, loss="softmax_cross_entropy", l2=0.0):
-    """Build the graphs `fit` compiles for data shaped like `X`, `Y`:
+    """The `ModelGraph` `fit` compiles for data shaped like `X`, `Y`:
     inputs, training and inference outputs and losses, gradients and their
-    norms. `l2` adds `bpc.nn.l2_penalty` of the weight matrices (params
-    with two or more axes) to both losses."""
+    norms (`bpc.losses.build_graph` with everything on). `l2` adds
+    `bpc.nn.l2_penalty` of the weight matrices (params with two or more
+    axes) to both losses."""
     params = _check_model(model)
-    spec = get_loss(loss)
-    X = np.asarray(X)
-    dtype = params[0].dtype
-    x = input("x", (None,) + X.shape[1:], dtype=dtype)
-    out, eval_out = model(x, training=True), model(x, training=False)
-    for name, t in (("output", out), ("inference output", eval_out)):
-        if not isinstance(t, Tensor) or t.ndim == 0 or t.shape[0] is not None:
-            raise ValueError(f"the model's {name} must be a tensor with a leading batch axis, got {t!r}")
-    Yp = spec.prepare(Y, out, dtype)
-    y = input("y", (None,) + Yp.shape[1:], dtype=Yp.dtype)
-    loss_t, eval_loss = spec.fn(out, y), spec.fn(eval_out, y)
-    for t in (loss_t, eval_loss):
-        if not isinstance(t, Tensor) or t.shape != ():
-            raise ValueError(f"loss '{spec.name}' must return a scalar tensor, got {t!r}")
-    if l2:
-        weights = [p for p in params if p.ndim >= 2] or params
-        penalty = l2_penalty(weights, l2)
-        loss_t, eval_loss = loss_t + penalty, eval_loss + penalty
-    grads = grad(loss_t, params)
-    norms = [ops.sqrt(ops.sum(ops.square(g))) for g in grads]
-    return TrainGraph(x, y, out, loss_t, eval_out, eval_loss, params, grads, norms, spec, Yp)
+    return build_graph(model, loss, np.asarray(X).shape[1:], params[0].dtype, Y=Y, eval_graph=True,
+                       l2=l2, gradients=True)
 
 
 # ----- history and early stopping ----------------------------------------------------------
@@ -199,7 +101,7 @@ class History:
     model: object
     optimizer: object
     history: dict = field(default_factory=dict)
-    graph: TrainGraph = None
+    graph: ModelGraph = None
     train_step: object = None
     eval_step: object = None
     epochs_run: int = 0
@@ -220,6 +122,75 @@ class History:
 
 
 # ----- fit -------------------------------------------------------------------------------------
+
+def fit(model, X, Y, epochs=10, batch_size=32, optimizer="adam", loss="softmax_cross_entropy",
+        validation_data=None, metrics=None, target=None, seed=0, progress=True, early_stopping=None,
+        schedule=None, checkpoint=None, resume=None, l2=0.0, shuffle=True, drop_last=False):
+    """Train `model` (a `bpc.nn` Module) on X, Y; returns a `History`.
+
+    optimizer: a `bpc.optim` optimizer or a name ("adam", "sgd", ...).
+    loss: "softmax_cross_entropy" (integer labels), "mse",
+        "binary_cross_entropy_with_logits" (see `bpc.losses.LOSSES`) or a
+        callable (output, y) -> scalar.
+    validation_data: (X_val, Y_val), or a fraction of X to hold out.
+    metrics: names in `bpc.metrics.METRICS` or callables on label arrays,
+        computed per epoch on the training outputs and on the validation
+        data; default ("accuracy",) for classification losses, () otherwise.
+    target: compile target (default: bpc's default).
+    seed: seeds the shuffling generator (a fresh permutation every epoch).
+    early_stopping: patience (epochs without improvement of val_loss, or of
+        loss without validation data) or an `EarlyStopping`.
+    schedule: a `bpc.optim` schedule; sets `optimizer.lr` before each epoch.
+    checkpoint: a path written after every epoch ("{epoch}" in it is
+        replaced by the epoch number); resume: a checkpoint path to continue
+        from (the run then goes on to `epochs` in total).
+    l2: L2 penalty coefficient on the weight matrices.
+    """
+    # Every argument is checked before anything is built or compiled.
+    X, Y = check_xy(X, Y, "fit")
+    epochs, batch_size = check_int(epochs, "fit: epochs"), check_int(batch_size, "fit: batch_size")
+    spec = get_loss(loss)
+    metric_fns = _metric_fns(metrics, spec)
+    opt = optim.get(optimizer)
+    _check_schedule(schedule)
+    X, Y, Xv, Yv = _validation(validation_data, X, Y, spec, seed)
+    stopper = _early_stopping(early_stopping, metric_fns, Xv is not None)
+    n_batches = _count_batches(len(X), batch_size, drop_last)
+
+    graph = build_training_graph(model, X, Y, spec, l2)
+    X, Y = _as_features(X, graph, "X"), graph.Y
+    if Xv is not None:
+        Xv, Yv = _as_features(Xv, graph, "validation X"), spec.prepare(Yv, graph.output, graph.x.dtype)
+    updates = opt.apply_gradients(graph.params, graph.grads)   # creates the optimizer's state
+    history = History(model, opt, graph=graph)
+    rng, start = rng_from(seed), 0
+    if resume is not None:   # before compiling, so a bad checkpoint fails fast
+        start, rng = _resume(resume, model, opt, history, stopper)
+    step, eval_step = _compile(history, updates, metric_fns, Xv is not None, target)
+
+    batches = _Batches(X, Y, batch_size, shuffle, drop_last, rng, n_batches)
+    bar = _Progress(progress, epochs, n_batches)
+    for epoch in range(start, epochs):
+        values = {"lr": _learning_rate(opt, schedule, epoch)}
+        bar.start(epoch)
+        values.update(_train_epoch(step, batches, graph, metric_fns, bar, epoch))
+        if eval_step is not None:
+            values.update(_evaluate(eval_step, Xv, Yv, spec, metric_fns))
+        stop = _end_epoch(history, stopper, values, epoch)
+        bar.end(epoch, values)
+        if checkpoint is not None:
+            _save(checkpoint, model, opt, history, rng, stopper, epoch + 1)
+        if stop:
+            history.stopped_early = True
+            break
+    return history
+
+
+def _check_schedule(schedule):
+    if schedule is not None and not isinstance(schedule, optim.Schedule):
+        raise TypeError(f"fit: schedule must be a bpc.optim schedule (StepLR, ExponentialLR, CosineLR), "
+                        f"got {type(schedule).__name__}")
+
 
 def _metric_fns(metrics, spec):
     if metrics is None:
@@ -258,7 +229,7 @@ def _validation(validation_data, X, Y, spec, seed):
     if validation_data is None:
         return X, Y, None, None
     if isinstance(validation_data, float):
-        stratify = spec.kind == "classes" and np.asarray(Y).ndim == 1 and np.asarray(Y).dtype.kind in "biu"
+        stratify = spec.targets == "classes" and np.asarray(Y).ndim == 1 and np.asarray(Y).dtype.kind in "biu"
         Xt, Xv, Yt, Yv = train_test_split(X, Y, validation_data, seed=seed, stratify=stratify)
         return Xt, Yt, Xv, Yv
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
@@ -266,6 +237,13 @@ def _validation(validation_data, X, Y, spec, seed):
         return X, Y, Xv, Yv
     raise ValueError("fit: validation_data must be (X_val, Y_val) or a fraction of X to hold out, "
                      f"got {type(validation_data).__name__}")
+
+
+def _count_batches(n, batch_size, drop_last):
+    n_batches = n // batch_size if drop_last else -(-n // batch_size)
+    if n_batches == 0:
+        raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of {n} rows")
+    return n_batches
 
 
 def _as_features(X, graph, what):
@@ -276,6 +254,66 @@ def _as_features(X, graph, what):
         raise ValueError(f"fit: {what} rows have shape {X.shape[1:]}, the model was built for "
                          f"{graph.x.shape[1:]}")
     return np.ascontiguousarray(X, dtype=graph.x.dtype)
+
+
+def _compile(history, updates, metric_fns, validating, target):
+    """The training step (loss, outputs when metrics need them, gradient
+    norms; the updates) and the evaluation function (None without
+    validation data), also kept on the History."""
+    graph = history.graph
+    outputs = [graph.loss] + ([graph.output] if metric_fns else []) + graph.grad_norms
+    history.train_step = function([graph.x, graph.y], outputs, updates=updates, target=target,
+                                  name="train_step")
+    history.eval_step = None if not validating else function(
+        [graph.x, graph.y], [graph.eval_loss, graph.eval_output], target=target, name="eval_step")
+    return history.train_step, history.eval_step
+
+
+@dataclass
+class _Batches:
+    """The training rows and how every epoch cuts them: a fresh
+    permutation from `rng` when shuffling."""
+    X: np.ndarray
+    Y: np.ndarray
+    size: int
+    shuffle: bool
+    drop_last: bool
+    rng: object
+    count: int       # batches per epoch
+
+    def __iter__(self):
+        return iter(index_batches(len(self.X), self.size, self.shuffle, self.rng, self.drop_last))
+
+
+def _learning_rate(opt, schedule, epoch):
+    """Apply the schedule for this epoch; the learning rate it runs with."""
+    if schedule is not None:
+        schedule.apply(opt, epoch)
+    return float(opt.lr.value)
+
+
+def _train_epoch(step, batches, graph, metric_fns, bar, epoch):
+    """One pass of the training step over the batches: the mean loss, the
+    metrics of the training outputs, each parameter's mean gradient norm."""
+    total, seen, norms, outs, targets = 0.0, 0, np.zeros(len(graph.params)), [], []
+    for idx in batches:
+        loss_v, *rest = step(batches.X[idx], batches.Y[idx])
+        loss_v = float(loss_v)
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"fit: the loss became {loss_v} in epoch {epoch + 1}; try a "
+                                     "smaller learning rate or gradient clipping (clip_norm=...)")
+        total, seen = total + loss_v * len(idx), seen + len(idx)
+        if metric_fns:
+            outs.append(rest.pop(0))
+            targets.append(batches.Y[idx])
+        norms += [float(n) for n in rest]
+        bar.batch(loss_v)
+    values = {"loss": total / seen}
+    if metric_fns:
+        values.update(_scores(metric_fns, graph.loss_spec, np.concatenate(outs), np.concatenate(targets)))
+    for p, n in zip(graph.params, norms / batches.count):
+        values[f"grad_norm/{p.name}"] = n
+    return values
 
 
 def _scores(metric_fns, spec, outputs, Y, prefix=""):
@@ -293,6 +331,17 @@ def _evaluate(eval_fn, X, Y, spec, metric_fns, chunk=1024):
         total += float(loss) * len(out)
         outs.append(out)
     return {"val_loss": total / len(X), **_scores(metric_fns, spec, np.concatenate(outs), Y, "val_")}
+
+
+def _end_epoch(history, stopper, values, epoch):
+    """Record the epoch's values and ask early stopping; True to stop."""
+    history.record(values)
+    history.epochs_run = epoch + 1
+    if stopper is None:
+        return False
+    stop = stopper.update(values[stopper.monitor], epoch)
+    history.best_epoch = stopper.best_epoch
+    return stop
 
 
 class _Progress:
@@ -329,99 +378,7 @@ class _Progress:
             print(f"epoch {epoch + 1}/{self.epochs}: {text} ({time.perf_counter() - self.t0:.1f}s)", flush=True)
 
 
-def fit(model, X, Y, epochs=10, batch_size=32, optimizer="adam", loss="softmax_cross_entropy",
-        validation_data=None, metrics=None, target=None, seed=0, progress=True, early_stopping=None,
-        schedule=None, checkpoint=None, resume=None, l2=0.0, shuffle=True, drop_last=False):
-    """Train `model` (a `bpc.nn` Module) on X, Y; returns a `History`.
-
-    optimizer: a `bpc.optim` optimizer or a name ("adam", "sgd", ...).
-    loss: "softmax_cross_entropy" (integer labels), "mse",
-        "binary_cross_entropy_with_logits" or a callable (output, y) -> scalar.
-    validation_data: (X_val, Y_val), or a fraction of X to hold out.
-    metrics: names in `bpc.metrics.METRICS` or callables on label arrays,
-        computed per epoch on the training outputs and on the validation
-        data; default ("accuracy",) for classification losses, () otherwise.
-    target: compile target (default: bpc's default).
-    seed: seeds the shuffling generator (a fresh permutation every epoch).
-    early_stopping: patience (epochs without improvement of val_loss, or of
-        loss without validation data) or an `EarlyStopping`.
-    schedule: a `bpc.optim` schedule; sets `optimizer.lr` before each epoch.
-    checkpoint: a path written after every epoch ("{epoch}" in it is
-        replaced by the epoch number); resume: a checkpoint path to continue
-        from (the run then goes on to `epochs` in total).
-    l2: L2 penalty coefficient on the weight matrices.
-    """
-    X, Y = check_xy(X, Y, "fit")
-    epochs, batch_size = check_int(epochs, "fit: epochs"), check_int(batch_size, "fit: batch_size")
-    spec = get_loss(loss)
-    metric_fns = _metric_fns(metrics, spec)
-    opt = optim.get(optimizer)
-    if schedule is not None and not isinstance(schedule, optim.Schedule):
-        raise TypeError(f"fit: schedule must be a bpc.optim schedule (StepLR, ExponentialLR, CosineLR), "
-                        f"got {type(schedule).__name__}")
-    X, Y, Xv, Yv = _validation(validation_data, X, Y, spec, seed)
-    stopper = _early_stopping(early_stopping, metric_fns, Xv is not None)
-    n_batches = len(X) // batch_size if drop_last else -(-len(X) // batch_size)
-    if n_batches == 0:
-        raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of {len(X)} rows")
-
-    graph = build_training_graph(model, X, Y, spec, l2)
-    X, Y = _as_features(X, graph, "X"), graph.Y
-    if Xv is not None:
-        Xv, Yv = _as_features(Xv, graph, "validation X"), spec.prepare(Yv, graph.output, graph.x.dtype)
-    updates = opt.apply_gradients(graph.params, graph.grads)   # creates the optimizer's state
-    history = History(model, opt, graph=graph)
-    rng = rng_from(seed)
-    start = 0
-    if resume is not None:   # before compiling, so a bad checkpoint fails fast
-        start, rng = _resume(resume, model, opt, history, stopper)
-
-    outputs = [graph.loss] + ([graph.output] if metric_fns else []) + graph.grad_norms
-    step = history.train_step = function([graph.x, graph.y], outputs, updates=updates, target=target,
-                                         name="train_step")
-    eval_step = history.eval_step = None if Xv is None else function(
-        [graph.x, graph.y], [graph.eval_loss, graph.eval_output], target=target, name="eval_step")
-
-    bar = _Progress(progress, epochs, n_batches)
-    for epoch in range(start, epochs):
-        values = {}
-        if schedule is not None:
-            schedule.apply(opt, epoch)
-        values["lr"] = float(opt.lr.value)
-        bar.start(epoch)
-        total, seen, norms, outs, targets = 0.0, 0, np.zeros(len(graph.params)), [], []
-        for idx in index_batches(len(X), batch_size, shuffle, rng, drop_last):
-            loss_v, *rest = step(X[idx], Y[idx])
-            loss_v = float(loss_v)
-            if not math.isfinite(loss_v):
-                raise FloatingPointError(f"fit: the loss became {loss_v} in epoch {epoch + 1}; try a "
-                                         "smaller learning rate or gradient clipping (clip_norm=...)")
-            total, seen = total + loss_v * len(idx), seen + len(idx)
-            if metric_fns:
-                outs.append(rest.pop(0))
-                targets.append(Y[idx])
-            norms += [float(n) for n in rest]
-            bar.batch(loss_v)
-        values["loss"] = total / seen
-        if metric_fns:
-            values.update(_scores(metric_fns, spec, np.concatenate(outs), np.concatenate(targets)))
-        for p, n in zip(graph.params, norms / n_batches):
-            values[f"grad_norm/{p.name}"] = n
-        if eval_step is not None:
-            values.update(_evaluate(eval_step, Xv, Yv, spec, metric_fns))
-        history.record(values)
-        history.epochs_run = epoch + 1
-        stop = stopper.update(values[stopper.monitor], epoch) if stopper else False
-        if stopper:
-            history.best_epoch = stopper.best_epoch
-        bar.end(epoch, values)
-        if checkpoint is not None:
-            _save(checkpoint, model, opt, history, rng, stopper, epoch + 1)
-        if stop:
-            history.stopped_early = True
-            break
-    return history
-
+# ----- checkpoints ------------------------------------------------------------------------------
 
 def _save(path, model, opt, history, rng, stopper, epochs_done):
     extra = {"epoch": epochs_done, "history": history.history,
