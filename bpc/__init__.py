@@ -7,7 +7,7 @@ interpreter, the CPU (Numba, parallel) or CUDA.
 """
 __version__ = "0.1.0"
 
-from .errors import ShapeError, CallError, CompileError, CheckError
+from .errors import ShapeError, GraphError, CallError, CompileError, CheckError
 from .graph.tensor import Tensor, input, param, constant, state
 from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, tanh, sigmoid, relu,
                   leaky_relu, softplus, sign, stop_gradient, maximum, minimum, clip, where, equal,

@@ -9,6 +9,11 @@ class ShapeError(ValueError):
     """A shape or dtype mismatch found while building a graph."""
 
 
+class GraphError(ValueError):
+    """A malformed program: an input that is not fed, an update of something
+    that is not a param, a param updated twice, outputs that are not tensors."""
+
+
 class CallError(ValueError):
     """A compiled or interpreted function was called with bad arguments."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CallError, CheckError, ShapeError, user_location
+from .errors import CallError, CheckError, GraphError, ShapeError, user_location
 from .graph.tensor import Tensor, format_shape
 from .graph.traverse import topo_sort
 from .passes import optimize as run_passes
@@ -78,9 +78,9 @@ def _collect_updates(updates, roots):
     checked = []
     for target, expr in pairs:
         if not isinstance(target, Tensor) or target.kind not in ("param", "state"):
-            raise ShapeError(f"updates: keys must be params or state, got {target!r}")
+            raise GraphError(f"updates: keys must be params or state, got {target!r}")
         if target.id in seen:
-            raise ShapeError(f"updates: param '{target.name}' is updated twice")
+            raise GraphError(f"updates: param '{target.name}' is updated twice")
         seen.add(target.id)
         if not isinstance(expr, Tensor):
             from .ops import lift
@@ -114,14 +114,15 @@ class Function:
         self.inputs = list(inputs)
         for t in self.inputs:
             if not isinstance(t, Tensor) or t.kind != "input":
-                raise ShapeError(f"function inputs must be bpc.input tensors, got {t!r}")
+                raise GraphError(f"function inputs must be bpc.input tensors, got {t!r}")
         if len({t.name for t in self.inputs}) != len(self.inputs):
-            raise ShapeError("function inputs must have distinct names")
+            raise GraphError("function inputs must have distinct names, got "
+                             + ", ".join(repr(t.name) for t in self.inputs))
         self._single = isinstance(outputs, Tensor)
         outs = [outputs] if self._single else list(outputs or [])
         for o in outs:
             if not isinstance(o, Tensor):
-                raise ShapeError(f"function outputs must be bpc tensors, got {type(o).__name__}")
+                raise GraphError(f"function outputs must be bpc tensors, got {type(o).__name__}")
         self.outputs = outs
         update_pairs = _collect_updates(updates, outs)
         self.updates = update_pairs
@@ -143,7 +144,7 @@ class Function:
                                name=name, report=report)
         self._batched = [i for i, t in enumerate(self.inputs) if None in t.shape]
         if any(None in n.shape for n in topo_sort(roots)) and not self._batched:
-            raise ShapeError("the graph has a batch dimension (None) but no input carries one")
+            raise GraphError("the graph has a batch dimension (None) but no input carries one")
         self._labels = [(i, t.attrs["label_depth"]) for i, t in enumerate(self.inputs)
                         if "label_depth" in t.attrs]
         self.backend = _make_backend(self.target, self.program, options)
@@ -152,7 +153,7 @@ class Function:
         fed = {t.id for t in self.inputs}
         for n in topo_sort(roots):
             if n.kind == "input" and n.id not in fed:
-                raise ShapeError(f"the graph needs input '{n.name}' (declared at {n.where}), "
+                raise GraphError(f"the graph needs input '{n.name}' (declared at {n.where}), "
                                  f"which is not among the function's inputs "
                                  f"[{', '.join(t.name for t in self.inputs)}]")
 

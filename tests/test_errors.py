@@ -112,9 +112,23 @@ def test_every_construction_error_names_op_operand_and_line(build, op, fragment)
 def test_function_needs_every_input_the_graph_uses():
     """A graph input left out of bpc.function's inputs is named, with where it was declared."""
     x, y = bpc.input("x", (None, 3)), bpc.input("y", (None, 3))
-    with pytest.raises(bpc.ShapeError, match=r"needs input 'y' \(declared at .*test_errors.py:\d+"):
+    with pytest.raises(bpc.GraphError, match=r"needs input 'y' \(declared at .*test_errors.py:\d+"):
         bpc.function([x], x + y, target="interpret")
 
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda x, W: bpc.function([x, x], bpc.sum(x)), "distinct names"),
+    (lambda x, W: bpc.function([x + 1.0], bpc.sum(x)), "must be bpc.input tensors"),
+    (lambda x, W: bpc.function([x], [bpc.sum(x), 3.0]), "outputs must be bpc tensors"),
+    (lambda x, W: bpc.function([x], bpc.sum(x), updates={x: x}), "keys must be params"),
+    (lambda x, W: bpc.function([x], bpc.sum(x), updates=[(W, W), (W, W * 2.0)]), "updated twice"),
+])
+def test_malformed_programs_raise_graph_error(make, fragment):
+    x, W = bpc.input("x", (None, 3)), bpc.param("W", np.ones(3))
+    with pytest.raises(bpc.GraphError, match=fragment):
+        make(x, W)
+    assert issubclass(bpc.GraphError, ValueError)
 
 # ----- call time ---------------------------------------------------------------------------
 
