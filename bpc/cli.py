@@ -14,7 +14,6 @@ the full traceback instead.
 """
 import argparse
 import csv
-import importlib
 import json
 import os
 import sys
@@ -154,33 +153,18 @@ def cmd_dot(args):
 
 # ----- bpc bench ----------------------------------------------------------------------------------
 
-def bench_dir():
-    """The source checkout's bench/ folder (or $BPC_BENCH_DIR)."""
-    path = os.environ.get("BPC_BENCH_DIR") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    if not os.path.isfile(os.path.join(path, "mlp_step.py")):
-        raise CommandError(f"bpc bench runs the scripts in bpc's bench/ folder, which is not at {path}: "
-                           "install bpc from a source checkout (pip install -e .) or set BPC_BENCH_DIR")
-    return path
-
-
-def bench_module(name):
-    path = bench_dir()
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    return importlib.import_module(name)
-
-
 def cmd_bench(args):
-    mlp_step = bench_module("mlp_step")
-    scaling = bench_module("scaling")
+    """`bpc bench`: the training-step benchmark, then the scaling study
+    (both in bpc.bench); a failing benchmark process exits with 1."""
+    from .bench.harness import BenchError
     try:
-        return _bench(args, mlp_step, scaling)
-    except mlp_step.BenchError as e:
+        return _bench(args)
+    except BenchError as e:
         raise CommandError(str(e)) from None
 
 
-def _bench(args, mlp_step, scaling):
+def _bench(args):
+    from .bench import mlp_step, scaling
     compare = mlp_step.check_args(args)
     batches = scaling.parse_sizes(args.batches, "--batches") if args.batches else (
         scaling.QUICK_BATCHES if args.quick else scaling.BATCHES)
@@ -188,7 +172,7 @@ def _bench(args, mlp_step, scaling):
         scaling.QUICK_WIDTHS if args.quick else scaling.WIDTHS)
     try:
         workloads = mlp_step.resolve_workloads(args.model, args.batch_size)   # checks every MODEL first
-    except (ModelError, mlp_step.BenchError):
+    except ModelError:
         raise
     except Exception as e:
         raise ModelError(_failure("a --model failed to load", e, _model_files(args))) from e
@@ -302,11 +286,12 @@ def build_parser():
     d.set_defaults(run=cmd_dot)
 
     b = sub.add_parser("bench", help="benchmark the training step: interpreted vs compiled (vs PyTorch/JAX)",
-                       description="The training-step benchmark (bench/mlp_step.py: interpreted and compiled "
+                       description="The training-step benchmark (bpc.bench.mlp_step: interpreted and compiled "
                                    "step time, their ratio, cold compile, warm start, GEMM-only bound, NumPy/"
-                                   "PyTorch/JAX when installed) and the scaling study (bench/scaling.py: step "
-                                   "time vs batch size and width). Prints tables; writes JSON, CSV and PNG.",
-                       epilog=EPILOG_MODEL + " See bench/README.md for how to read the numbers.")
+                                   "PyTorch/JAX when installed) and the scaling study (bpc.bench.scaling: step "
+                                   "time vs batch size and width). Prints tables; writes JSON, CSV and PNG. "
+                                   "For the smallest run: --quick --model tiny --compare none --no-scaling.",
+                       epilog=EPILOG_MODEL + " bench/README.md in bpc's source explains how to read the numbers.")
     _bench_arguments(b)
     b.set_defaults(run=cmd_bench)
 

@@ -6,6 +6,7 @@ this file runs in seconds. Timings are never asserted.
 """
 import csv
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -378,10 +379,10 @@ def test_train_a_model_file(model_file, tmp_path):
 
 def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench"
-    mlp_step = cli.bench_module("mlp_step")
+    from bpc.bench import references
     # jax "not installed": it must be skipped with a note, not fail.
-    real = mlp_step.framework_available
-    monkeypatch.setattr(mlp_step, "framework_available", lambda name: name != "jax" and real(name))
+    real = references.available
+    monkeypatch.setattr(references, "available", lambda name: name != "jax" and real(name))
     code = run_cli("bench", "--model", "mlp:8-8-3", "--batch-size", 4, "--target", "interpret", "--quick",
                    "--compare", "numpy,jax", "--batches", "1,4", "--widths", "8", "--width-batch", 4,
                    "--no-progress", "--out", out)
@@ -418,10 +419,32 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
 def test_gemm_bound_matches_the_steps_products():
     """An L-layer MLP step has 3L-1 products: L forward, L weight gradients,
     L-1 input gradients (none for the data)."""
-    mlp_step = cli.bench_module("mlp_step")
-    fn, _ = mlp_step.sgd_step(load_model("mlp:6-5-4-3"), "interpret")
-    gemm, desc = mlp_step.gemm_bound(fn, 7)
+    from bpc.bench.steps import gemm_bound, sgd_step
+    fn, _ = sgd_step(load_model("mlp:6-5-4-3"), "interpret")
+    gemm, desc = gemm_bound(fn, 7)
     assert len(desc) == 8
     assert "7x6 @ 6x5" in desc                    # forward, first layer
     assert any("ᵀ" in d for d in desc)            # gradients use transposed views
     assert gemm() == 0
+
+
+def test_bench_child_imports_the_same_bpc_whatever_the_current_folder(tmp_path, monkeypatch):
+    """A benchmark process runs the bpc of the process that starts it, not a
+    `bpc` folder in the current directory."""
+    from bpc.bench.harness import BenchError, run_child
+    (tmp_path / "bpc").mkdir()
+    (tmp_path / "bpc" / "__init__.py").write_text("raise ImportError('the wrong bpc')\n")
+    monkeypatch.chdir(tmp_path)
+    got, wall = run_child("numpy", ["--layers", "4-3", "--batch", "2", "--rounds", "2", "--min-round-s", "0.001"],
+                          "4-3")
+    assert len(got["samples"]) == 2 and got["calls_per_round"] >= 1 and wall > 0
+    with pytest.raises(BenchError, match=r"the numpy process for 4-x failed \(exit 1\): ValueError"):
+        run_child("numpy", ["--layers", "4-x", "--batch", "2"], "4-x")
+
+
+@pytest.mark.parametrize("script", ["mlp_step.py", "scaling.py"])
+def test_bench_scripts_call_the_package(script):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", script)
+    proc = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--min-round-s" in proc.stdout and "--quick" in proc.stdout

@@ -1,0 +1,152 @@
+"""Reference implementations of the benchmark's training step in other
+frameworks: a hand-written NumPy step, PyTorch eager and JAX jit.
+
+Each builds the same step as `bpc.bench.steps.sgd_step` on a built-in ReLU
+MLP (layer sizes `layers`; mean softmax cross-entropy; plain SGD with
+`LR`; He-normal weights, zero biases) and returns a function that runs one
+step. PyTorch and JAX are optional: `available(name)` says whether one is
+installed, and a missing one is skipped by the benchmark with a note. Each
+runs in its own process (`bpc.bench.child`), with the thread settings of
+`threads` and the environment of `environment`.
+"""
+import importlib.util
+import os
+
+import numpy as np
+
+from .steps import LR
+
+NAMES = ("numpy", "torch", "jax")
+
+
+def init_params(layers, rng):
+    """He-normal float32 weights and zero biases of an MLP with these sizes."""
+    Ws = [(rng.normal(size=(a, b)) * np.sqrt(2.0 / a)).astype(np.float32) for a, b in zip(layers[:-1], layers[1:])]
+    bs = [np.zeros(b, np.float32) for b in layers[1:]]
+    return Ws, bs
+
+
+def numpy_step(layers, X, Y, lr=LR):
+    """A hand-written NumPy SGD step of the ReLU MLP (forward, backward, update)."""
+    Ws, bs = init_params(layers, np.random.default_rng(0))
+    rows = np.arange(len(X))
+    lr = np.float32(lr)
+
+    def step():
+        acts = [X]
+        h = X
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            z = h @ W
+            z += b
+            h = np.maximum(z, 0, out=z) if i < len(Ws) - 1 else z
+            acts.append(h)
+        z = acts[-1]
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = -np.log(p[rows, Y]).mean()
+        d = p
+        d[rows, Y] -= 1
+        d /= np.float32(len(X))
+        for i in range(len(Ws) - 1, -1, -1):
+            gW = acts[i].T @ d
+            gb = d.sum(axis=0)
+            if i > 0:
+                d = (d @ Ws[i].T) * (acts[i] > 0)
+            Ws[i] -= lr * gW
+            bs[i] -= lr * gb
+        return loss
+    return step
+
+
+def torch_step(layers, X, Y, lr=LR):
+    """PyTorch eager: autograd, `F.cross_entropy`, in-place SGD under `no_grad`."""
+    import torch
+    import torch.nn.functional as F
+    Ws, bs = init_params(layers, np.random.default_rng(0))
+    params = [torch.tensor(a, requires_grad=True) for pair in zip(Ws, bs) for a in pair]
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def step():
+        h = x
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i < len(params) - 2:
+                h = torch.relu(h)
+        loss = F.cross_entropy(h, y)
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad
+                p.grad = None
+        return loss
+    return step
+
+
+def jax_step(layers, X, Y, lr=LR):
+    """`jax.jit` of `value_and_grad` + SGD, `block_until_ready` per step."""
+    import jax
+    import jax.numpy as jnp
+    Ws, bs = init_params(layers, np.random.default_rng(0))
+    state = [[jnp.asarray(w), jnp.asarray(b)] for w, b in zip(Ws, bs)]
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+
+    def loss_fn(params, x, y):
+        h = x
+        for i, (W, b) in enumerate(params):
+            h = h @ W + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        logp = jax.nn.log_softmax(h)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+        return jax.tree_util.tree_map(lambda p, d: p - lr * d, params, g), loss
+
+    box = [state]
+
+    def step():
+        box[0], loss = update(box[0], x, y)
+        return loss.block_until_ready()
+    return step
+
+
+STEPS = {"numpy": numpy_step, "torch": torch_step, "jax": jax_step}
+
+
+def available(name):
+    """Whether the framework `name` is installed (NumPy always is)."""
+    return name == "numpy" or importlib.util.find_spec(name) is not None
+
+
+def threads(name, n):
+    """Apply n threads (when given) in a comparison process; returns the
+    thread settings it runs with."""
+    if name == "torch":
+        import torch
+        if n:
+            torch.set_num_threads(n)
+        return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
+    if name == "jax":
+        import jax
+        return {"jax_devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:   # optional: OPENBLAS_NUM_THREADS, set for the process, still applies
+        return {"blas_threads": "threadpoolctl not installed"}
+    if n:
+        threadpool_limits(n, user_api="blas")
+    return {"blas_threads": [p["num_threads"] for p in threadpool_info()]}
+
+
+def environment(name, env, threads=None):
+    """Set in `env` (a child's environment) what framework `name` needs:
+    JAX on the CPU, and XLA's single-thread flags for one thread."""
+    if name == "jax":
+        env.setdefault("JAX_PLATFORMS", "cpu")
+        if threads == 1:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                                " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    return env
