@@ -10,7 +10,6 @@ import numpy as np
 from .autodiff import grad
 from .graph.tensor import Tensor, input as make_input
 from .graph.traverse import rebuild, topo_sort
-from .passes.simplify import copy_with
 from .backends.interpret import evaluate
 
 

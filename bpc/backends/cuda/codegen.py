@@ -172,7 +172,7 @@ class Generator:
 
     # ----- loop kernels -----------------------------------------------------------------
     def _kernel_loop(self, k, describe):
-        shape, axes = k.shape, k.axes
+        shape = k.shape
         reductions = [m for m in k.nodes if m.op.kind == "reduce"]
         ids = {m.id for m in k.nodes}
         loaded = {}
@@ -345,7 +345,6 @@ class Generator:
     # ----- small kernels --------------------------------------------------------------------
     def _kernel_random(self, k, describe):
         n = k.node
-        dt = n.dtype.name
         self.emit(f"counter = {self.read(n.inputs[0], [])}", 1)
         self.emit(f"total = {size_expr(n.shape)}", 1)
         self._grid_stride("t", "total", 1)

@@ -9,7 +9,8 @@ which replaces numba.cuda process-wide: run it in a separate process).
 
 `float64_audit` checks the documented float64 policy of float32 kernels:
 the only float64 values are the accumulators of float sums and means
-(`lowering.acc_init`: float32 running sums drift, see NUMBA-NOTES.md), so
+(`lowering.acc_init`: float32 running sums drift by percents over 1e7
+terms), so
 float64 instructions may appear only in kernels holding such a reduction,
 and only as the accumulation itself: widening conversions, additions (or
 subtractions, for a negated element), the mean's division by its count,
