@@ -54,9 +54,30 @@ _div = elementwise("div", np.divide, lambda k, a, b: f"({a} / {b})",
                    lambda n, g: (g / n.inputs[1], neg(g) * n / n.inputs[1]))
 _neg = elementwise("neg", np.negative, lambda k, a: f"(-{a})",
                    lambda n, g: (neg(g),), float_only=False)
-_pow = elementwise("pow", np.power, lambda k, a, b: f"({a} ** {b})",
-                   lambda n, g: (g * n.inputs[1] * n.inputs[0] ** (n.inputs[1] - 1),
-                                 g * n * log(n.inputs[0])))
+
+
+def _never(t, value):
+    """True when t is a constant with no element equal to `value` (then a
+    guard against that value can be left out of a gradient graph)."""
+    return t.kind == "constant" and not np.any(t._value == value)
+
+
+def _pow_grad(n, g):
+    """d/da a**b = b a**(b-1), taken as 0 where b == 0 (a**0 is constant in
+    a, while 0 * 0**-1 would be NaN). d/db a**b = a**b log(a), taken as 0
+    where a == 0 (as JAX does): there a**b is 0 for b > 0 and 1 for b == 0,
+    flat in b from above, while 0 * log(0) would be NaN. log reads 1 in
+    place of 0, so no infinity enters the graph (second derivatives stay
+    finite too). Negative a gives NaN, as in every framework."""
+    a, b = n.inputs
+    da = b * a ** (b - 1)
+    if not _never(b, 0):
+        da = where(equal(b, 0.0), 0.0, da)
+    safe_a = a if _never(a, 0) else where(equal(a, 0.0), 1.0, a)
+    return g * da, g * (n * log(safe_a))
+
+
+_pow = elementwise("pow", np.power, lambda k, a, b: f"({a} ** {b})", _pow_grad)
 
 
 def add(a, b):
@@ -87,8 +108,9 @@ def neg(a):
 
 
 def pow(a, b):
-    """a ** b. The gradient with respect to b uses log(a), so it is NaN for
-    a <= 0 (as in every framework); a constant exponent has no such term."""
+    """a ** b. The gradient with respect to b is a**b log(a): 0 where a == 0,
+    NaN where a < 0 (as in every framework); a constant exponent has no such
+    term. The gradient with respect to a is 0 where b == 0."""
     a, b = _promote(a, b)
     if a.dtype.kind != "f":
         a, b = cast(a, "float32"), cast(b, "float32")
@@ -140,7 +162,29 @@ def _unary_fn(name):
 
 
 exp = _unary_fn("exp")
-log = _unary_fn("log")
+_log = _unary_fn("log")
+
+
+def log(x, name=None):
+    """Elementwise log.
+
+    log(exp(z)) is z, and log(exp(z) / s) is z - log(s): built that way
+    here, when the node is made, so that `bpc.grad` differentiates the
+    stable form. log(softmax(x)) is therefore log_softmax(x) (softmax is
+    exp(z) / sum(exp(z))): finite, with finite gradients, where softmax
+    underflows to 0. Rewriting later, in the graph passes, would change
+    the forward values but not the gradients already derived from them."""
+    x = lift(x)
+    if x.op is _unary_ops["exp"]:
+        return x.inputs[0]
+    if x.op is _div and x.inputs[0].op is _unary_ops["exp"]:
+        out = sub(x.inputs[0].inputs[0], log(x.inputs[1]))
+        if name is not None:
+            out.name, out.user_named = name, True
+        return out
+    return _log(x, name=name)
+
+
 sqrt = _unary_fn("sqrt")
 abs = _unary_fn("abs")
 square = _unary_fn("square")
@@ -164,27 +208,37 @@ def leaky_relu(x, alpha=0.01):
 
 # ----- binary choices and comparisons --------------------------------------------
 
-# NaN in either operand gives NaN, as np.maximum does.
+def _choice_grad(first, second):
+    """Gradient of an elementwise choice between a and b: the chosen operand
+    gets g; on a tie each gets g / 2, as in JAX and PyTorch, and as the
+    max reduction shares it (central differences at a tie agree)."""
+    def grad(n, g):
+        a, b = n.inputs
+        tie = equal(a, b) * 0.5
+        return g * (first(a, b) + tie), g * (second(a, b) + tie)
+    return grad
+
+
+# NaN in either operand gives NaN, as np.maximum does (and no gradient).
 _maximum = elementwise("maximum", np.maximum, lambda k, a, b: f"({a} if ({a} >= {b} or {a} != {a}) else {b})",
-                       lambda n, g: (g * greater_equal(n.inputs[0], n.inputs[1]),
-                                     g * less(n.inputs[0], n.inputs[1])), float_only=False)
+                       _choice_grad(lambda a, b: greater(a, b), lambda a, b: less(a, b)), float_only=False)
 _minimum = elementwise("minimum", np.minimum, lambda k, a, b: f"({a} if ({a} <= {b} or {a} != {a}) else {b})",
-                       lambda n, g: (g * less_equal(n.inputs[0], n.inputs[1]),
-                                     g * greater(n.inputs[0], n.inputs[1])), float_only=False)
+                       _choice_grad(lambda a, b: less(a, b), lambda a, b: greater(a, b)), float_only=False)
 
 
 def maximum(a, b):
-    """Elementwise maximum; the gradient goes to `a` on ties."""
+    """Elementwise maximum; on ties the gradient is split evenly between a and b."""
     return _maximum(*_promote(a, b))
 
 
 def minimum(a, b):
-    """Elementwise minimum; the gradient goes to `a` on ties."""
+    """Elementwise minimum; on ties the gradient is split evenly between a and b."""
     return _minimum(*_promote(a, b))
 
 
 def clip(x, lo, hi):
-    """Limit x to [lo, hi]; the gradient is zero outside."""
+    """Limit x to [lo, hi]; the gradient is 1 inside, zero outside and 1/2
+    exactly at a bound (the tie rule of maximum and minimum)."""
     return minimum(maximum(x, lo), hi)
 
 

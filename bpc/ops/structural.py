@@ -9,15 +9,33 @@ from .elementwise import mul, div, equal, cast
 
 # ----- reductions --------------------------------------------------------------
 
-def _reduce_infer(out_int=False):
+def _reduce_infer(result="same", nonempty=False):
+    """Shape/dtype rule of a reduction. `result`: "same" keeps the input's
+    dtype, "sum" and "mean" follow NumPy's rules for integer and bool inputs
+    (a sum of bools or int32 is int64: it counts; a mean of bools is
+    float64), "index" is int64. `nonempty`: the reduction has no identity
+    (max, argmax), so a reduced axis of length 0 is refused here, at
+    construction, rather than raising on one target and giving -inf on
+    another. The batch dimension is never 0 (calls reject empty batches)."""
     def infer(inputs, attrs):
         (x,) = inputs
         axes, keep = attrs["axis"], attrs["keepdims"]
+        if nonempty:
+            empty = [a for a in axes if x.shape[a] == 0]
+            if empty:
+                raise ShapeError(f"axis {empty[0]} has length 0, and the maximum of "
+                                 f"nothing has no value")
         if keep:
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         else:
             shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        return shape, (np.dtype("int64") if out_int else x.dtype)
+        if result == "index" or result == "sum" and x.dtype.kind in "biu":
+            dtype = np.dtype("int64")
+        elif result == "mean" and x.dtype.kind == "b":
+            dtype = np.dtype("float64")
+        else:
+            dtype = x.dtype
+        return shape, dtype
     return infer
 
 
@@ -35,15 +53,45 @@ def _np_reduce(fn):
     return lambda attrs, shape, x: fn(x, axis=attrs["axis"], keepdims=attrs["keepdims"])
 
 
-_sum = Op("sum", "reduce", _reduce_infer(), _np_reduce(np.sum),
+def _accumulator(x):
+    """The dtype sums accumulate in, on every target (see `acc_init` in the
+    code generators): float64 for floats, since float32 running sums drift
+    and overflow where the result itself fits; int64 for bools and ints."""
+    return np.float64 if x.dtype.kind == "f" else np.int64
+
+
+def _sum_np(attrs, shape, x):
+    total = np.sum(x, axis=attrs["axis"], keepdims=attrs["keepdims"], dtype=_accumulator(x))
+    return np.asarray(total).astype(np.int64 if x.dtype.kind in "biu" else x.dtype)
+
+
+def _mean_np(attrs, shape, x):
+    # sum / count, as the compiled targets compute it: a mean over a
+    # 0-length axis is 0/0 = NaN (NumPy's value, without its warning).
+    total = np.sum(x, axis=attrs["axis"], keepdims=attrs["keepdims"], dtype=np.float64)
+    count = int(np.prod([x.shape[a] for a in attrs["axis"]], dtype=np.int64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.asarray(total / np.float64(count))
+    return mean.astype(x.dtype if x.dtype.kind == "f" else np.float64)
+
+
+def _max_grad(n, g):
+    """The gradient of max is split evenly among the elements equal to the
+    maximum (as in JAX; central differences at a tie agree): each of k tied
+    elements gets g / k. NaN in a row gives a NaN gradient for that row."""
+    x = n.inputs[0]
+    mask = equal(x, _expand(n, n))
+    count = sum(mask, n.attrs["axis"], keepdims=True)
+    return (mask * (_expand(g, n) / count),)
+
+
+_sum = Op("sum", "reduce", _reduce_infer("sum"), _sum_np,
           lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape),))
-_mean = Op("mean", "reduce", _reduce_infer(), _np_reduce(np.mean),
+_mean = Op("mean", "reduce", _reduce_infer("mean"), _mean_np,
            lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape)
                          / size_of(n.inputs[0], n.attrs["axis"]),))
-# The gradient of max goes to every element equal to the maximum.
-_max = Op("max", "reduce", _reduce_infer(), _np_reduce(np.max),
-          lambda n, g: (_expand(g, n) * equal(n.inputs[0], _expand(n, n)),))
-_argmax = Op("argmax", "reduce", _reduce_infer(out_int=True),
+_max = Op("max", "reduce", _reduce_infer(nonempty=True), _np_reduce(np.max), _max_grad)
+_argmax = Op("argmax", "reduce", _reduce_infer("index", nonempty=True),
              lambda attrs, shape, x: np.argmax(x, axis=attrs["axis"][0], keepdims=attrs["keepdims"]),
              None)
 
@@ -56,20 +104,27 @@ def _reduction(op, x, axis, keepdims):
 
 
 def sum(x, axis=None, keepdims=False):
-    """Sum over `axis` (an int, a tuple, or None for all axes)."""
+    """Sum over `axis` (an int, a tuple, or None for all axes). As in NumPy,
+    a sum of bools or ints is int64 (summing a mask of bools counts), and
+    a sum over a 0-length axis is 0. Float32 sums accumulate in float64."""
     return _reduction(_sum, x, axis, keepdims)
 
 
 def mean(x, axis=None, keepdims=False):
-    """Mean over `axis` (an int, a tuple, or None for all axes)."""
+    """Mean over `axis` (an int, a tuple, or None for all axes). The mean of
+    bools is float64 (the fraction that is True), as in NumPy; ints must be
+    cast to the float dtype wanted. A mean over a 0-length axis is NaN, as
+    in NumPy. Float32 means accumulate in float64, then round once."""
     x = lift(x)
-    with checking("mean", x):
-        require_float([x], "mean")
+    if x.dtype.kind != "b":
+        with checking("mean", x):
+            require_float([x], "mean")
     return _reduction(_mean, x, axis, keepdims)
 
 
 def max(x, axis=None, keepdims=False):
-    """Maximum over `axis`; the gradient flows to the maximal elements."""
+    """Maximum over `axis`; the gradient is shared evenly by the maximal
+    elements. A reduced axis of length 0 is a ShapeError (no identity)."""
     return _reduction(_max, x, axis, keepdims)
 
 

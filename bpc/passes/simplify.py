@@ -98,13 +98,6 @@ def _rule(node, a):
             return _same(node, ops.square(a[0]))
         if e == 0.5:
             return _same(node, ops.sqrt(a[0]))
-    if name == "log" and a[0].op is not None:
-        inner = a[0]
-        if inner.op.name == "exp":
-            return _same(node, inner.inputs[0])
-        # log(exp(z) / s) -> z - log(s): log(softmax) becomes log_softmax.
-        if inner.op.name == "div" and inner.inputs[0].op is not None and inner.inputs[0].op.name == "exp":
-            return _same(node, ops.sub(inner.inputs[0].inputs[0], ops.log(inner.inputs[1])))
     if name == "transpose" and a[0].op is not None and a[0].op.name == "transpose":
         inner = a[0]
         perm = tuple(inner.attrs["axes"][p] for p in node.attrs["axes"])
@@ -120,9 +113,15 @@ def _rule(node, a):
 
 def simplify(roots):
     """Algebraic identities: x+0, x*1, x/1, --x, x**1, x**2 -> square,
-    log(exp(x)), log(softmax) -> log_softmax, transpose of transpose,
-    reshape of reshape, reductions over size-1 axes, no-op reshapes and
-    broadcasts, and stop_gradient (which only matters to `grad`)."""
+    transpose of transpose, reshape of reshape, reductions over size-1 axes,
+    no-op reshapes and broadcasts, and stop_gradient (which only matters to
+    `grad`).
+
+    Passes run after `bpc.grad`, so a rewrite here must never change what a
+    value computes, only how: one that makes a value finite where the
+    original is not (log(exp(x)), log(softmax)) would leave the gradients,
+    derived from the original, NaN. Those are made when the node is built
+    (see `bpc.log`), before `grad` sees the graph."""
     def rewrite(node, inputs):
         if node.op is None:
             return node
