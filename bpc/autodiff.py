@@ -10,23 +10,12 @@ Non-differentiable paths (comparisons, argmax, integer values, random
 numbers, stop_gradient) contribute zero: a parameter reached only through
 them gets a zero gradient, never an error.
 """
-import contextlib
-
 import numpy as np
 
 from .errors import ShapeError
-from .graph.tensor import Tensor, _origin, format_shape
+from .graph.tensor import Tensor, format_shape
 from .graph.traverse import topo_sort
 from . import ops
-
-
-@contextlib.contextmanager
-def _building_backward():
-    _origin.append("grad")
-    try:
-        yield
-    finally:
-        _origin.pop()
 
 
 def _zeros_like(t):
@@ -61,29 +50,34 @@ def grad(cost, wrt):
         if n.id in targets or any(i.id in depends for i in n.inputs):
             depends.add(n.id)
 
-    with _building_backward():
-        contributions = {cost.id: [ops.lift(np.ones((), dtype=cost.dtype))]}
-        totals = {}
-        for node in reversed(order):
-            parts = contributions.pop(node.id, None)
-            if not parts:
+    contributions = {cost.id: [ops.lift(np.ones((), dtype=cost.dtype))]}
+    totals = {}
+    for node in reversed(order):
+        parts = contributions.pop(node.id, None)
+        if not parts:
+            continue
+        g = parts[0]
+        for p in parts[1:]:
+            g = g + p  # fan-out: contributions add up
+        totals[node.id] = g
+        if node.op is None or node.op.grad is None:
+            continue
+        input_grads = node.op.grad(node, g)
+        for inp, gi in zip(node.inputs, input_grads):
+            if gi is None or inp.id not in depends or inp.dtype.kind != "f":
                 continue
-            g = parts[0]
-            for p in parts[1:]:
-                g = g + p  # fan-out: contributions add up
-            totals[node.id] = g
-            if node.op is None or node.op.grad is None:
-                continue
-            input_grads = node.op.grad(node, g)
-            for inp, gi in zip(node.inputs, input_grads):
-                if gi is None or inp.id not in depends or inp.dtype.kind != "f":
-                    continue
-                gi = ops.sum_to(gi, inp.shape)  # undo broadcasting
-                if gi.dtype != inp.dtype:
-                    gi = ops.cast(gi, inp.dtype)
-                contributions.setdefault(inp.id, []).append(gi)
+            gi = ops.sum_to(gi, inp.shape)  # undo broadcasting
+            if gi.dtype != inp.dtype:
+                gi = ops.cast(gi, inp.dtype)
+            contributions.setdefault(inp.id, []).append(gi)
 
-        results = [totals[w.id] if w.id in totals else _zeros_like(w) for w in wrt_list]
+    results = [totals[w.id] if w.id in totals else _zeros_like(w) for w in wrt_list]
+    # The nodes built here are the derived ones: DOT and the text listing
+    # show them apart from the forward graph.
+    forward = {n.id for n in order}
+    for n in topo_sort(results):
+        if n.id not in forward:
+            n.origin = "grad"
     for w, r in zip(wrt_list, results):
         assert r.shape == w.shape, (w, r)
     return results[0] if single else results

@@ -66,8 +66,9 @@ def _make_backend(target, program, options):
 
 
 def _collect_updates(updates, roots):
-    """Explicit updates plus the automatic ones of bpc-owned state reached by
-    the graph (dropout's random counters advance every call)."""
+    """Explicit updates plus one for each counter state the graph reads
+    (`bpc.state(..., counter=True)`: dropout's random counters advance
+    every call)."""
     if updates is None:
         pairs = []
     elif isinstance(updates, dict):
@@ -96,10 +97,9 @@ def _collect_updates(updates, roots):
             expr = cast(expr, target.dtype)
         checked.append((target, expr))
     for node in topo_sort(list(roots) + [e for _, e in checked]):
-        auto = getattr(node, "auto_update", None)
-        if auto is not None and node.id not in seen:
+        if node.kind == "state" and node.counter and node.id not in seen:
             seen.add(node.id)
-            checked.append((node, auto))
+            checked.append((node, node + 1))
     return checked
 
 
@@ -136,17 +136,14 @@ class Function:
         roots = outs + [e for _, e in update_pairs]
         self._check_closed(roots)
         if optimize:
-            new_roots, report = run_passes(roots)
+            new_outs, new_updates, report = run_passes(outs, update_pairs)
         else:
-            new_roots, report = roots, [("input", len(topo_sort(roots)))]
-        self.program = Program(self.inputs, new_roots[:len(outs)],
-                               [(p, e) for (p, _), e in zip(update_pairs, new_roots[len(outs):])],
-                               name=name, report=report)
+            new_outs, new_updates, report = outs, update_pairs, [("input", len(topo_sort(roots)))]
+        self.program = Program(self.inputs, new_outs, new_updates, name=name, report=report)
         self._batched = [i for i, t in enumerate(self.inputs) if None in t.shape]
         if any(None in n.shape for n in topo_sort(roots)) and not self._batched:
             raise GraphError("the graph has a batch dimension (None) but no input carries one")
-        self._labels = [(i, t.attrs["label_depth"]) for i, t in enumerate(self.inputs)
-                        if "label_depth" in t.attrs]
+        self._labels = _label_checks(self.inputs, self.program.roots)
         self.backend = _make_backend(self.target, self.program, options)
 
     def _check_closed(self, roots):
@@ -285,6 +282,17 @@ class Function:
 
     def __repr__(self):
         return f"<bpc.Function {self._sig()} target={self.target}>"
+
+
+def _label_checks(inputs, roots):
+    """(argument position, depth) for each input that a one_hot in this
+    program reads as class labels: the call checks they lie in [0, depth)."""
+    depth = {}
+    for n in topo_sort(roots):
+        if n.op is not None and "label_depth" in n.attrs and n.inputs[0].kind == "input":
+            label = n.inputs[0].id
+            depth[label] = min(n.attrs["label_depth"], depth.get(label, n.attrs["label_depth"]))
+    return [(i, depth[t.id]) for i, t in enumerate(inputs) if t.id in depth]
 
 
 def _describe(node):

@@ -22,7 +22,6 @@ from .errors import ShapeError
 from .data import check_int, check_number
 from .function import function
 from .graph.tensor import Tensor, input, param, state, format_shape
-from .graph.traverse import topo_sort
 from .optim import global_square_norm
 
 ACTIVATIONS = {
@@ -168,24 +167,12 @@ class Dropout(Module):
         self.rate = check_number(rate, "Dropout: rate", 0.0, 1.0, high_open=True)
         self.seed = check_int(seed, "Dropout: seed", low=0)
         self.name = _check_name(name, "dropout")
-        # Stands in for the counter until a training graph exists, so a
-        # checkpoint can be loaded before the graph is built.
-        self._counter = state(f"{self.name}_counter", np.int64(0))
+        # The layer owns its mask counter, so checkpoints hold it and every
+        # training graph built from the layer continues the same sequence.
+        self._counter = state(f"{self.name}_counter", np.int64(0), counter=True)
 
     def __call__(self, x, training=False):
-        if not training or self.rate == 0.0:
-            return ops.dropout(x, self.rate, self.seed, training=False)
-        before = {n.id for n in topo_sort([x])}
-        out = ops.dropout(x, self.rate, self.seed, training=True)
-        # bpc.dropout makes its own counter; adopt it, continuing from ours.
-        made = [n for n in topo_sort([out]) if n.kind == "state" and n.id not in before
-                and getattr(n, "auto_update", None) is not None]
-        if len(made) != 1:
-            raise RuntimeError(f"Dropout '{self.name}': expected bpc.dropout to create one counter, "
-                               f"found {len(made)}")
-        made[0].value = self._counter.value
-        self._counter = made[0]
-        return out
+        return ops.dropout(x, self.rate, self.seed, training=training, counter=self._counter)
 
     def named_state(self):
         return {"counter": self._counter}

@@ -216,11 +216,43 @@ def test_optimize_reduces_node_counts_and_keeps_leaves():
     nodes, and inputs and params are the same objects afterwards."""
     x, y, params, loss, grads = mlp_step()
     roots = [loss, *grads]
-    new_roots, report = optimize(roots)
+    new_roots, _, report = optimize(roots)
     counts = [n for _, n in report]
     assert counts[-1] < counts[0] and all(b <= a for a, b in zip(counts, counts[1:])), report
     leaves = {n.id for n in topo_sort(new_roots) if n.op is None and n.kind != "constant"}
     assert leaves == {t.id for t in [x, y, *params]}
+
+
+def test_optimize_iterates_to_a_fixed_point():
+    """The driver runs the passes round after round until nothing changes:
+    a pass that makes one step of progress per call (here: peel one neg
+    off the root) is run as often as it takes, well past any fixed cap."""
+    deep = X
+    for _ in range(20):
+        deep = bpc.neg(deep)
+
+    def peel(roots):
+        r = roots[0]
+        return [r.inputs[0] if r.op is not None and r.op.name == "neg" else r]
+    (out,), _, report = optimize([deep], passes=(("peel", peel),))
+    assert out is X and len(report) == 1 + 21 + 1      # input, 20 peels and a round that changes nothing, DCE
+    # The real pipeline's result is a fixed point: optimizing it again changes nothing.
+    x, y, params, loss, grads = mlp_step()
+    once = optimize([loss, *grads])[0]
+    assert all(a is b for a, b in zip(optimize(once)[0], once))
+
+
+def test_dead_code_elimination_drops_updates_that_write_nothing():
+    """A program is what its roots reach; what can be dead is an effect:
+    an update whose value, once simplified, is the param itself."""
+    W, V = bpc.param("W", np.ones(3)), bpc.param("V", np.ones(3))
+    outs, updates, report = optimize([bpc.sum(X)], [(W, W * 1.0 + 0.0), (V, V - 0.5)])
+    assert [t for t, _ in updates] == [V] and report[-1][0] == "eliminate_dead_code"
+    f = bpc.function([X], bpc.sum(X), updates={W: W * 1.0, V: V - 0.5}, target="interpret")
+    assert [t for t, _ in f.program.updates] == [V]
+    f(np.ones((2, 6)))
+    np.testing.assert_array_equal(W.value, np.ones(3))
+    np.testing.assert_array_equal(V.value, np.full(3, 0.5))
 
 
 def test_rewritten_nodes_keep_name_and_source_line():

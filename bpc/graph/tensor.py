@@ -13,22 +13,11 @@ import numpy as np
 
 from ..errors import ShapeError, user_location
 
-_ids = itertools.count()
-_last_id = [-1]
-
-
-def next_id():
-    """The id the next node will get: nodes with ids >= it are newer."""
-    return _last_id[0] + 1
+_ids = itertools.count()   # node identity (hashing, maps keyed by node); never compared for order
 
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 INT_DTYPES = (np.dtype("int32"), np.dtype("int64"))
 DTYPES = FLOAT_DTYPES + INT_DTYPES
-
-# Set by `bpc.autodiff.grad` while it builds the backward graph, so that DOT
-# and the text listing can tell forward nodes from derived ones.
-_origin = ["forward"]
-
 
 def as_dtype(dtype):
     try:
@@ -78,8 +67,8 @@ class Tensor:
     __array_priority__ = 1000  # make `ndarray + Tensor` call Tensor.__radd__
 
     def __init__(self, kind, shape, dtype, name=None, op=None, inputs=(), attrs=None,
-                 value=None, where=None):
-        self.id = _last_id[0] = next(_ids)
+                 value=None, where=None, counter=False):
+        self.id = next(_ids)
         self.kind = kind
         self.op = op
         self.inputs = tuple(inputs)
@@ -87,10 +76,13 @@ class Tensor:
         self.shape = shape
         self.dtype = dtype
         self.where = where or user_location()
-        self.origin = _origin[-1]
+        self.origin = "forward"   # `bpc.grad` marks the nodes it derives "grad"
         self.name = name or (op.name if op is not None else kind) + f"_{self.id}"
         self._value = value
         self.user_named = name is not None
+        # A state that every function reading it advances by one after each
+        # call (dropout's random counters); see `state`.
+        self.counter = counter
         # The leaf's copy on an accelerator, when a target made one (see
         # bpc.backends.residency); None while the host array is the only copy.
         self._device = None
@@ -220,13 +212,19 @@ def _looks_like_shape(obj):
         d is None or (isinstance(d, (int, np.integer)) and not isinstance(d, bool)) for d in obj)
 
 
-def state(name, value):
-    """A non-trainable buffer owned by bpc (optimizer moments, step counters,
-    RNG counters). Functions update it in place like a parameter."""
+def state(name, value, counter=False):
+    """A non-trainable buffer (optimizer moments, step counters, RNG
+    counters). Functions update it in place like a parameter. With
+    `counter=True` it is an integer scalar that every function whose graph
+    reads it adds one to after each call, without being told to (dropout's
+    mask counters: each step draws a new mask)."""
     value = np.array(value, order="C")
     if value.dtype not in DTYPES:
         value = value.astype(np.float32 if value.dtype.kind == "f" else np.int64)
-    return Tensor("state", value.shape, value.dtype, name=name, value=value)
+    if counter and (value.shape != () or value.dtype.kind not in "iu"):
+        raise ShapeError(f"state '{name}': a counter must be an integer scalar, got "
+                         f"{value.dtype.name}{format_shape(value.shape)}")
+    return Tensor("state", value.shape, value.dtype, name=name, value=value, counter=bool(counter))
 
 
 def constant(value, dtype=None, name=None):

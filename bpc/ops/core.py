@@ -23,8 +23,9 @@ OPS = {}
 
 class Op:
     def __init__(self, name, kind, infer, numpy, grad=None, scalar=None, doc=""):
-        if name in OPS:
-            raise ValueError(f"op {name!r} is defined twice")
+        # Defining an op again under its name replaces it in the registry
+        # (re-running a notebook cell); nodes already built keep the Op
+        # object they were built with.
         self.name = name
         self.kind = kind
         self.infer = infer

@@ -7,9 +7,9 @@ and reduction. Only the random numbers of dropout need a primitive.
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph.tensor import Tensor, state, as_dtype, format_shape
+from ..graph.tensor import state, as_dtype, format_shape
 from .core import Op, checking, lift, require_float
-from .elementwise import exp, log, sub, mul, equal, greater_equal, greater, where, softplus, stop_gradient, cast
+from .elementwise import exp, log, equal, greater_equal, greater, where, softplus, stop_gradient, _cast
 from .structural import sum, mean, max, reshape
 
 
@@ -36,16 +36,16 @@ def one_hot(labels, depth, dtype="float32"):
     """Rows of 0/1 with a 1 at each integer label: shape labels.shape + (depth,).
 
     A label outside [0, depth) gives an all-zero row; when `labels` is an
-    input, calling a function checks the range first and raises instead.
+    input, a function whose graph holds this one_hot checks the range of
+    that argument first and raises instead (the requirement is recorded on
+    the cast node built here, `label_depth`, never on the input itself).
     """
     labels = lift(labels)
     if labels.dtype.kind not in "iu":
         with checking("one_hot", labels):
             raise ShapeError(f"labels must be integers, '{labels.name}' is {labels.dtype.name}")
-    if labels.kind == "input":
-        labels.attrs["label_depth"] = min(depth, labels.attrs.get("label_depth", depth))
     dt = as_dtype(dtype)
-    column = reshape(cast(labels, dt), labels.shape + (1,))
+    column = reshape(_cast(labels, dtype=dt.name, label_depth=int(depth)), labels.shape + (1,))
     return equal(column, lift(np.arange(depth, dtype=dt)))
 
 
@@ -129,13 +129,15 @@ random_uniform = Op(
     doc="Uniform [0, 1) numbers of a given shape from (seed, counter, index).")
 
 
-def dropout(x, rate=0.5, seed=0, training=True):
+def dropout(x, rate=0.5, seed=0, training=True, counter=None):
     """Zero each element with probability `rate` and scale the rest by
     1/(1-rate) when training; the identity otherwise.
 
-    The mask comes from a counter-based generator: the function that runs
-    this graph advances the counter after every call, so each step draws a
-    new mask, and the sequence is the same on every target for a seed."""
+    The mask comes from a counter-based generator: `counter` is a state
+    made with `bpc.state(name, 0, counter=True)` (one is made when None is
+    given), which every function that runs this graph advances after each
+    call, so each step draws a new mask, and the sequence is the same on
+    every target for a seed. Pass a counter you own to checkpoint it."""
     x = lift(x)
     with checking("dropout", x):
         require_float([x], "dropout")
@@ -143,7 +145,10 @@ def dropout(x, rate=0.5, seed=0, training=True):
             raise ShapeError(f"rate must be in [0, 1), got {rate}")
     if not training or rate == 0.0:
         return x
-    counter = state(f"dropout_counter_{x.name}", np.int64(0))
-    counter.auto_update = counter + 1
+    if counter is None:
+        counter = state(f"dropout_counter_{x.name}", np.int64(0), counter=True)
+    elif not getattr(counter, "counter", False) or counter.shape != ():
+        with checking("dropout", x):
+            raise ShapeError(f"counter must be a scalar bpc.state made with counter=True, got {counter!r}")
     u = random_uniform(counter, shape=x.shape, seed=int(seed), dtype=x.dtype.name)
     return x * (greater_equal(u, rate) * (1.0 / (1.0 - rate)))

@@ -1,13 +1,15 @@
 """Graph-to-graph passes run before every target: constant folding, algebraic
 simplification, common-subexpression elimination and dead-code elimination.
 
-Each pass takes a list of root tensors (the outputs and update values of a
-function) and returns the rebuilt roots; nodes that do not change are kept
-as they are, so leaves (inputs, parameters) keep their identity.
+Each rewriting pass takes a list of root tensors (the outputs and update
+values of a function) and returns the rebuilt roots; nodes that do not
+change are kept as they are (the same objects), so leaves keep their
+identity and "nothing changed" is "the same roots came back". `optimize`
+runs them to a fixed point, then drops dead updates.
 """
 import numpy as np
 
-from ..graph.tensor import constant, next_id
+from ..graph.tensor import constant
 from ..graph.traverse import rebuild, topo_sort
 from .. import ops
 from ..ops.core import apply
@@ -41,11 +43,17 @@ def _is_scalar_const(t, value):
 
 # ----- dead code -------------------------------------------------------------------
 
-def eliminate_dead_code(roots):
-    """Keep only what the roots depend on. Graphs in bpc are defined by their
-    roots, so this is reachability; it drops, for instance, forward values
-    that only a discarded gradient branch used."""
-    return list(roots)
+def eliminate_dead_code(updates):
+    """Drop updates that write nothing new: the new value is the param
+    itself (`{W: W * 1.0}` after simplification, a frozen layer's
+    `W - 0.0 * g` once folded). Returns the updates that remain.
+
+    A program is the set of nodes its roots reach, so no unreachable node
+    ever enters it (forward values that only a discarded gradient used are
+    gone by construction); what can be dead is an effect, and an update
+    that rewrites a value with itself is one: it costs a copy per step and
+    keeps the param's old value alive for nothing."""
+    return [(target, value) for target, value in updates if value is not target]
 
 
 # ----- constant folding --------------------------------------------------------------
@@ -122,18 +130,25 @@ def simplify(roots):
     original is not (log(exp(x)), log(softmax)) would leave the gradients,
     derived from the original, NaN. Those are made when the node is built
     (see `bpc.log`), before `grad` sees the graph."""
+    existing = set()   # ids of the nodes of the rebuilt graph so far
+
     def rewrite(node, inputs):
         if node.op is None:
+            existing.add(node.id)
             return node
         node2 = copy_with(node, inputs)
-        for _ in range(8):  # a rewrite can enable another at the same node
+        for _ in range(MAX_REWRITES_PER_NODE):  # a rewrite can enable another at the same node
             if node2.op is None:
                 break
-            mark = next_id()
             new = _rule(node2, node2.inputs)
             if new is None or new is node2:
                 break
-            node2 = _inherit(new, node) if new.id >= mark else new
+            # A node the rule built stands for `node`: it keeps its name and
+            # line; a node that already existed (x in x * 1) keeps its own.
+            node2 = new if new.id in existing else _inherit(new, node)
+        else:
+            raise AssertionError(f"simplify: rewrites of '{node.name}' do not terminate")
+        existing.add(node2.id)
         return node2
     return rebuild(roots, rewrite)[0]
 
@@ -165,18 +180,33 @@ def eliminate_common_subexpressions(roots):
     return rebuild(roots, rewrite)[0]
 
 
+# Guards against a rewrite system that cycles (a bug in a rule): far above
+# what any graph needs (real graphs settle in one or two rounds).
+MAX_REWRITES_PER_NODE = 1000
+MAX_ROUNDS = 100
+
 PIPELINE = (("fold_constants", fold_constants), ("simplify", simplify),
-            ("eliminate_common_subexpressions", eliminate_common_subexpressions),
-            ("eliminate_dead_code", eliminate_dead_code))
+            ("eliminate_common_subexpressions", eliminate_common_subexpressions))
 
 
-def optimize(roots, passes=PIPELINE):
-    """Run the passes in order (twice: a simplification can expose a common
-    subexpression and the reverse). Returns (new roots, report) where the
-    report lists node counts after each pass."""
+def optimize(outputs, updates=(), passes=PIPELINE):
+    """Run the rewriting passes in order, round after round, until a round
+    changes nothing (a fold can enable a simplification, which can expose a
+    common subexpression, ...); then drop dead updates. Returns (outputs,
+    updates, report), the report listing node counts after each pass."""
+    outputs, updates = list(outputs), list(updates)
+    roots = outputs + [v for _, v in updates]
     report = [("input", len(topo_sort(roots)))]
-    for _ in range(2):
+    for round_ in range(MAX_ROUNDS):
+        before = roots
         for name, fn in passes:
             roots = fn(roots)
-            report.append((name, len(topo_sort(roots))))
-    return roots, report
+            report.append((name if not round_ else f"{name} (round {round_ + 1})", len(topo_sort(roots))))
+        if all(a is b for a, b in zip(roots, before)):
+            break
+    else:
+        raise AssertionError(f"optimize: no fixed point after {MAX_ROUNDS} rounds of {[n for n, _ in passes]}")
+    outputs = roots[:len(outputs)]
+    updates = eliminate_dead_code([(t, v) for (t, _), v in zip(updates, roots[len(outputs):])])
+    report.append(("eliminate_dead_code", len(topo_sort(outputs + [v for _, v in updates]))))
+    return outputs, updates, report
