@@ -272,9 +272,9 @@ class Function:
         lines += [f"  {name:34} {count}" for name, count in self.program.report]
         plan = getattr(self.backend, "plan", None)
         if plan is not None:
-            kinds = [k.kind for k in plan.kernels]
-            lines.append(f"kernels: {len(kinds)} ({kinds.count('loop')} fused loops, "
-                         f"{kinds.count('matmul')} matrix products, {kinds.count('view')} views); "
+            forms = [k.form for k in plan.kernels]
+            lines.append(f"kernels: {len(forms)} ({forms.count('loop')} fused loops, "
+                         f"{forms.count('matmul')} matrix products, {forms.count('view')} views); "
                          f"{len(plan.buffer_specs)} workspace buffers; "
                          f"{len(plan.in_place)} updates written in place")
             lines += [f"  {k.describe()}" for k in plan.kernels]

@@ -51,10 +51,10 @@ def mlp_step():
 def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
     step, _ = mlp_step
     kernels = step.backend.plan.kernels
-    kinds = [k.kind for k in kernels]
+    kinds = [k.form for k in kernels]
     assert kinds.count("matmul") == 3 + 2 * 3 - 1       # 3 forward, 5 backward (no grad wrt x)
     # The bias add and ReLU of each hidden layer are one loop nest,
-    loops = [[n.op.name for n in k.nodes] for k in kernels if k.kind == "loop"]
+    loops = [[n.op.name for n in k.nodes] for k in kernels if k.form == "loop"]
     assert sum(ops[:2] == ["add", "relu"] for ops in loops) == 2
     # and each bias gradient's column sum is fused with the ReLU mask product.
     assert any(ops[-1] == "sum" and "mul" in ops for ops in loops)
@@ -150,7 +150,7 @@ def test_float32_sums_accumulate_in_float64():
 def test_fused_dot_view_draws_kernels_as_clusters(mlp_step):
     step, _ = mlp_step
     text = bpc.to_dot(None, fused=step)
-    assert text.count("subgraph cluster_k") >= len([k for k in step.backend.plan.kernels if k.kind == "loop"])
+    assert text.count("subgraph cluster_k") >= len([k for k in step.backend.plan.kernels if k.form == "loop"])
     import pydot
     assert pydot.graph_from_dot_data(text)
 

@@ -58,7 +58,7 @@ def test_reductions_longer_than_a_block_use_a_shared_memory_tree():
     # The tree really ran: several threads per output, fewer threads than elements.
     backend = f.backend
     launches = {name: block for name, _, block in backend.describe_launches(13)}
-    reduce_blocks = [launches[s.name] for s in backend.specs if s.kind == "reduce"]
+    reduce_blocks = [launches[s.name] for s in backend.specs if s.form == "reduce"]
     assert all(isinstance(b, tuple) and b[0] * b[1] == 8 for b in reduce_blocks)
     assert max(max(b) for b in reduce_blocks) == 8 < 37
 
@@ -127,8 +127,8 @@ def test_grid_stride_loops_views_and_random_numbers_cover_every_element():
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == np.float32
         np.testing.assert_allclose(g, w, rtol=1e-6)
-    kinds = [s.kind for s in f.backend.specs]
-    assert "random" in kinds and len(kinds) == len([k for k in f.backend.plan.kernels if k.kind != "view"])
+    kinds = [s.form for s in f.backend.specs]
+    assert "random" in kinds and len(kinds) == len([k for k in f.backend.plan.kernels if k.form != "view"])
 
 
 # ----- training, with parameters living on the device ------------------------------
@@ -186,7 +186,7 @@ def test_updates_are_simultaneous_in_place_or_through_a_deferred_copy():
     b = bpc.param("b", np.array([10.0, 20.0, 30.0]))
     x = bpc.input("x", (3,), dtype="float64")
     f = bpc.function([x], [a * 1.0, a + x, a], updates={a: a + x, b: b + a * 2.0}, target="cuda")
-    assert [s.kind for s in f.backend.specs][-1] == "copy"
+    assert [s.form for s in f.backend.specs][-1] == "copy"
     old, new_a, snapshot = f(np.array([100.0, 100.0, 100.0]))
     np.testing.assert_allclose(old, [1.0, 2.0, 3.0])
     np.testing.assert_allclose(snapshot, [1.0, 2.0, 3.0])      # a leaf output is its pre-step value
@@ -282,7 +282,7 @@ PTX_SCRIPT = textwrap.dedent("""
         "broadcast_to": lambda: bpc.broadcast_to(v, (None, 6)) * x,
     }
     from bpc.ops import OPS
-    assert set(builders) == {n for n, op in OPS.items() if op.kind == "elementwise"}, "an op is missing here"
+    assert set(builders) == {n for n, op in OPS.items() if op.iteration == "elementwise"}, "an op is missing here"
     terms = [b() for b in builders.values()]
     total = terms[0]
     for t in terms[1:]:
@@ -300,7 +300,7 @@ PTX_SCRIPT = textwrap.dedent("""
                if not spec.float64_values and ptx.f64_instructions(text)}
         report[name] = {"kernels": len(compiled), "problems": ptx.float64_audit(compiled),
                         "float64_kernels": f64,
-                        "kinds": sorted({spec.kind for spec, _ in compiled.values()})}
+                        "kinds": sorted({spec.form for spec, _ in compiled.values()})}
     print(json.dumps(report))
 """)
 

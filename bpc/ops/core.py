@@ -10,7 +10,7 @@ An op bundles, side by side:
   * `scalar(k, *args) -> str` for elementwise ops: the per-element formula
     as Python source, shared by the CPU loop bodies and the CUDA kernels.
 
-`kind` tells the passes and code generators how the op iterates:
+`iteration` tells the passes and code generators how the op iterates:
 "elementwise", "reduce" (over `attrs['axis']`), or "other".
 """
 import numpy as np
@@ -22,12 +22,12 @@ OPS = {}
 
 
 class Op:
-    def __init__(self, name, kind, infer, numpy, grad=None, scalar=None, doc=""):
+    def __init__(self, name, iteration, infer, numpy, grad=None, scalar=None, doc=""):
         # Defining an op again under its name replaces it in the registry
         # (re-running a notebook cell); nodes already built keep the Op
         # object they were built with.
         self.name = name
-        self.kind = kind
+        self.iteration = iteration
         self.infer = infer
         self.numpy = numpy
         self.grad = grad

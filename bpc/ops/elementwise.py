@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph.tensor import as_dtype
-from .core import Op, apply, lift, broadcast_shapes, result_dtype, require_float
+from .core import Op, lift, broadcast_shapes, result_dtype, require_float
 
 
 def _infer(float_only=True, out_float=False):

@@ -4,7 +4,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph.tensor import Tensor, as_shape, format_shape
 from .core import Op, checking, lift, normalize_axes, require_float
-from .elementwise import mul, div, equal, cast
+from .elementwise import equal, cast
 
 
 # ----- reductions --------------------------------------------------------------

@@ -25,7 +25,7 @@ LOOP_OPS_OTHER = {"random_uniform": "random", "size_of": "size_of", "argmax": "a
 
 @dataclass
 class Kernel:
-    kind: str                       # loop | matmul | view | random | size_of | argmax
+    form: str                       # loop | matmul | view | random | size_of | argmax
     nodes: list                     # members in execution order
     shape: tuple = ()               # iteration shape (loop kernels)
     axes: tuple = ()                # reduced axes (loop kernels with reductions)
@@ -39,7 +39,7 @@ class Kernel:
 
     def describe(self):
         ops = ", ".join(n.op.name for n in self.nodes)
-        return f"{self.name}: {self.kind} [{ops}]"
+        return f"{self.name}: {self.form} [{ops}]"
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Plan:
 
 
 def is_loop_node(n):
-    return n.op is not None and n.op.kind in ("elementwise", "reduce") and n.op.name not in LOOP_OPS_OTHER
+    return n.op is not None and n.op.iteration in ("elementwise", "reduce") and n.op.name not in LOOP_OPS_OTHER
 
 
 class _Groups:
@@ -101,7 +101,7 @@ def _plan_groups(order):
             for i in m.inputs:
                 if i.id in member_ids:
                     # A reduction's result exists only after its loop nest.
-                    if i.op.kind == "reduce":
+                    if i.op.iteration == "reduce":
                         return False
                 elif i.id in deps and dep_roots(i.id) & cands:
                     return False
@@ -126,7 +126,7 @@ def _plan_groups(order):
         if not is_loop_node(n):
             deps[n.id] = in_deps
             continue
-        reduce_axes = n.attrs["axis"] if n.op.kind == "reduce" else None
+        reduce_axes = n.attrs["axis"] if n.op.iteration == "reduce" else None
         shape = n.inputs[0].shape if reduce_axes is not None else n.shape
         if reduce_axes is not None:
             pool = [n.inputs[0]]
@@ -189,7 +189,7 @@ def plan(program):
     for k in kernels:
         ids = {m.id for m in k.nodes}
         k.stores = [m for m in k.nodes if m.id in root_ids or any(u.id not in ids for u in users[m.id])
-                    or m.op.kind == "reduce"]
+                    or m.op.iteration == "reduce"]
         reads = {}
         for m in k.nodes:
             for i in m.inputs:
@@ -233,7 +233,7 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids):
     in_place, copies = {}, []
     for param, value in program.updates:
         k = kernel_of_node.get(value.id)
-        ok = (k is not None and k.kind == "loop" and value.op.kind == "elementwise"
+        ok = (k is not None and k.form == "loop" and value.op.iteration == "elementwise"
               and value.shape == param.shape == k.shape and value.id not in output_ids
               and param.id not in output_ids and update_counts[value.id] == 1 and not users[value.id])
         if ok:
@@ -318,7 +318,7 @@ def _assign_buffers(kernels, in_place, roots, inline):
             else:
                 still.append((end, b, key))
         pending = still
-        if k.kind == "view":
+        if k.form == "view":
             continue
         for n in k.stores:
             if n.id in in_place or n.id in inline:

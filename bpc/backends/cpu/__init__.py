@@ -43,7 +43,7 @@ class CpuBackend(CompiledBackend):
 
     def make_workspace(self, batch):
         bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]
-        work = sum(int(np.prod(resolve(k.shape, batch))) for k in self.plan.kernels if k.kind == "loop")
+        work = sum(int(np.prod(resolve(k.shape, batch))) for k in self.plan.kernels if k.form == "loop")
         parallel = self._parallel if self._parallel is not None else (
             work >= PARALLEL_MIN_WORK and threads.get_num_threads() > 1)
         return bufs, "parallel" if parallel else "serial"

@@ -74,7 +74,7 @@ class Generator:
         self.emit(f"N = {self.names[batched[0]]}.shape[{batched[1]}]" if batched else "N = 1", 1)
         for k in self.plan.kernels:
             self.emit(f"# {k.describe()}", 1)
-            getattr(self, f"_kernel_{k.kind}")(k)
+            getattr(self, f"_kernel_{k.form}")(k)
         self._copies()
         self.emit("return 0", 1)
         return self.lines
@@ -167,7 +167,7 @@ class Generator:
         shape, axes = k.shape, k.axes
         outer = [a for a in range(len(shape)) if a not in axes]
         inner = list(axes)
-        reductions = [m for m in k.nodes if m.op.kind == "reduce"]
+        reductions = [m for m in k.nodes if m.op.iteration == "reduce"]
         # prange over the first loop; a full reduction may race only on sums,
         # which Numba turns into per-thread partials.
         first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
@@ -193,7 +193,7 @@ class Generator:
             self.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
             depth += 1
         for m in k.nodes:
-            if m.op.kind == "reduce":
+            if m.op.iteration == "reduce":
                 x = self._value(m.inputs[0], k, ids, loaded, depth)
                 for rel, line in accumulate(m, f"acc_{self.names[m]}", x):
                     self.emit(line, depth + rel)

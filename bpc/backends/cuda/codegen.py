@@ -47,7 +47,7 @@ from ..lowering import (typed_const, ScalarContext, Names, dim_expr, operand_axe
 class KernelSpec:
     """One generated kernel: how to launch it and what it takes."""
     name: str
-    kind: str                 # loop | reduce | matmul | random | size_of | argmax | copy
+    form: str                 # loop | reduce | matmul | random | size_of | argmax | copy
     args: list                # argument names: scalars ("N", "rlog", "tiled") or flat arrays
     launch: dict              # symbolic sizes for the launch configuration
     describe: str = ""
@@ -110,13 +110,13 @@ class Generator:
         self.lines, self._args, self._dtypes, self._nodes = [], [], {}, list(nodes)
         self._kernel_name = name
 
-    def _finish(self, kind, launch, describe, scalars=("N",), reductions=()):
+    def _finish(self, form, launch, describe, scalars=("N",), reductions=()):
         args = list(scalars) + self._args
         head = [f"# {describe}", "@cuda.jit(cache=True)", f"def {self._kernel_name}({', '.join(args)}):"]
         sums = [r for r in reductions if r.op.name in ("sum", "mean") and r.dtype.kind == "f"]
         f64 = any(dt == np.float64 for dt in self._dtypes.values()) or any(
             n.dtype == np.float64 for n in self._nodes)
-        self.specs.append(KernelSpec(self._kernel_name, kind, args, launch, describe, dict(self._dtypes),
+        self.specs.append(KernelSpec(self._kernel_name, form, args, launch, describe, dict(self._dtypes),
                                      len(sums), sum(r.op.name == "mean" for r in sums), f64))
         return head + self.lines + [""]
 
@@ -134,13 +134,13 @@ class Generator:
         self.specs = []
         count = 0
         for k in self.plan.kernels:
-            if k.kind == "view":
+            if k.form == "view":
                 continue
             last = k.nodes[-1]
             self._start(f"k{count}_{self.names[last]}", k.nodes)
             count += 1
-            describe = f"{self._kernel_name}: {k.kind} [{', '.join(n.op.name for n in k.nodes)}]"
-            out += getattr(self, f"_kernel_{k.kind}")(k, describe)
+            describe = f"{self._kernel_name}: {k.form} [{', '.join(n.op.name for n in k.nodes)}]"
+            out += getattr(self, f"_kernel_{k.form}")(k, describe)
         # Updates not written in place, after every kernel: values that are
         # themselves updated leaves are saved first ({A: B, B: A} swaps).
         saved = {}
@@ -173,7 +173,7 @@ class Generator:
     # ----- loop kernels -----------------------------------------------------------------
     def _kernel_loop(self, k, describe):
         shape = k.shape
-        reductions = [m for m in k.nodes if m.op.kind == "reduce"]
+        reductions = [m for m in k.nodes if m.op.iteration == "reduce"]
         ids = {m.id for m in k.nodes}
         loaded = {}
         # Loop-invariant operands (all dims 1) are read once, before the loops.
@@ -266,7 +266,7 @@ class Generator:
                 if i.id not in ids and view_chain(i)[-1].id in written:
                     self._value(i, k, ids, loaded, depth)
         for m in k.nodes:
-            if m.op.kind == "reduce":
+            if m.op.iteration == "reduce":
                 v = self._value(m.inputs[0], k, ids, loaded, depth)
                 for rel, line in accumulate(m, f"acc_{self.names[m]}", v):
                     self.emit(line, depth + rel)

@@ -80,7 +80,7 @@ def configure(spec, batch, limits):
     """(grid, block, dynamic shared-memory bytes, scalar arguments) of one
     kernel for a batch size."""
     L = limits
-    if spec.kind == "reduce":
+    if spec.form == "reduce":
         outer, inner = _size(spec.launch["outer"], batch), _size(spec.launch["inner"], batch)
         want = min(L.block, _pow2(_blocks(inner, L.lane_work)))   # cooperating threads per output
         if spec.launch["rows"]:
@@ -94,7 +94,7 @@ def configure(spec, batch, limits):
         grid = min(_blocks(outer, on), L.max_blocks)
         shared = 8 * rn * on * spec.launch["slots"] if rn > 1 else 0
         return grid, block, shared, {"rlog": rn.bit_length() - 1}
-    if spec.kind == "matmul":
+    if spec.form == "matmul":
         rows, inner, cols = (_size((spec.launch[k],), batch) for k in ("rows", "inner", "cols"))
         if rows * inner * cols >= L.tiled_min_work and min(rows, cols) >= L.tile:
             grid = (min(_blocks(cols, L.tile), L.max_blocks), min(_blocks(rows, L.tile), L.max_blocks))
