@@ -69,6 +69,8 @@ class _Groups:
     def __init__(self):
         self.parent = []
         self.shape, self.axes, self.members = [], [], []
+        self.group_of = {}   # node id -> group (raw id, resolve with find)
+        self.deps = {}       # node id -> set of raw group ids it depends on (incl. its own)
 
     def find(self, g):
         while self.parent[g] != g:
@@ -83,19 +85,10 @@ class _Groups:
         self.members.append([])
         return len(self.parent) - 1
 
-
-def _plan_groups(order):
-    groups = _Groups()
-    group_of = {}     # node id -> group (raw id, resolve with find)
-    deps = {}         # node id -> set of raw group ids it depends on (incl. its own)
-
-    def dep_roots(nid):
-        return {groups.find(g) for g in deps[nid]}
-
-    def legal(cands, n):
+    def legal(self, cands, n):
         """Can the groups `cands` and node n form one kernel without a cycle?
         A cycle exists iff some input read from outside depends on them."""
-        members = [m for c in cands for m in groups.members[c]] + [n]
+        members = [m for c in cands for m in self.members[c]] + [n]
         member_ids = {m.id for m in members}
         for m in members:
             for i in m.inputs:
@@ -103,58 +96,67 @@ def _plan_groups(order):
                     # A reduction's result exists only after its loop nest.
                     if i.op.iteration == "reduce":
                         return False
-                elif i.id in deps and dep_roots(i.id) & cands:
+                elif i.id in self.deps and {self.find(g) for g in self.deps[i.id]} & cands:
                     return False
         return True
 
-    def join(cands, n, axes):
+    def join(self, cands, n, axes):
         target = min(cands)
         for c in cands:
             if c != target:
-                groups.parent[c] = target
-                groups.members[target].extend(groups.members[c])
-                groups.members[c] = []
-        groups.members[target].append(n)
+                self.parent[c] = target
+                self.members[target].extend(self.members[c])
+                self.members[c] = []
+        self.members[target].append(n)
         if axes is not None:
-            groups.axes[target] = axes
+            self.axes[target] = axes
         return target
 
+    def candidates(self, n, shape, reduce_axes):
+        """Groups node n could join: those of its inputs (the reduced input,
+        for a reduction) over the same iteration shape and compatible axes."""
+        pool = [n.inputs[0]] if reduce_axes is not None else n.inputs
+        cands = set()
+        for i in pool:
+            if i.id in self.group_of:
+                g = self.find(self.group_of[i.id])
+                if self.shape[g] == shape and (reduce_axes is None or self.axes[g] in ((), reduce_axes)):
+                    cands.add(g)
+        # Two groups with different reductions cannot share a loop nest.
+        if len({self.axes[c] for c in cands} - {()}) > 1:
+            cands = {max(cands, key=lambda c: len(self.members[c]))}
+        return cands
+
+
+def _plan_groups(order):
+    """Greedy fusion in program order: each loop node joins the groups of
+    its inputs when that keeps the kernel graph acyclic (all of them, else
+    the largest that is legal), or starts a group of its own."""
+    groups = _Groups()
     for n in order:
         in_deps = set()
         for i in n.inputs:
-            in_deps |= deps.get(i.id, set())
+            in_deps |= groups.deps.get(i.id, set())
         if not is_loop_node(n):
-            deps[n.id] = in_deps
+            groups.deps[n.id] = in_deps
             continue
         reduce_axes = n.attrs["axis"] if n.op.iteration == "reduce" else None
         shape = n.inputs[0].shape if reduce_axes is not None else n.shape
-        if reduce_axes is not None:
-            pool = [n.inputs[0]]
-        else:
-            pool = n.inputs
-        cands = set()
-        for i in pool:
-            if i.id in group_of:
-                g = groups.find(group_of[i.id])
-                if groups.shape[g] == shape and (reduce_axes is None or groups.axes[g] in ((), reduce_axes)):
-                    cands.add(g)
-        # Two groups with different reductions cannot share a loop nest.
-        if len({groups.axes[c] for c in cands} - {()}) > 1:
-            cands = {max(cands, key=lambda c: len(groups.members[c]))}
+        cands = groups.candidates(n, shape, reduce_axes)
         chosen = None
-        if cands and legal(cands, n):
-            chosen = join(cands, n, reduce_axes)
+        if cands and groups.legal(cands, n):
+            chosen = groups.join(cands, n, reduce_axes)
         else:
             for c in sorted(cands, key=lambda c: -len(groups.members[c])):
-                if legal({c}, n):
-                    chosen = join({c}, n, reduce_axes)
+                if groups.legal({c}, n):
+                    chosen = groups.join({c}, n, reduce_axes)
                     break
         if chosen is None:
             chosen = groups.new(shape, reduce_axes or ())
             groups.members[chosen].append(n)
-        group_of[n.id] = chosen
-        deps[n.id] = in_deps | {chosen}
-    return groups, group_of
+        groups.group_of[n.id] = chosen
+        groups.deps[n.id] = in_deps | {chosen}
+    return groups, groups.group_of
 
 
 def plan(program):

@@ -191,6 +191,9 @@ class Generator:
         return self._reduction_loop(k, describe, reductions, ids, loaded)
 
     def _reduction_loop(self, k, describe, reductions, ids, loaded):
+        """A loop kernel with reductions. Kept as one function (~60 lines)
+        on purpose: it writes one kernel's text top to bottom, and the
+        order of its lines is the order of the kernel's statements."""
         shape, axes = k.shape, k.axes
         outer = [a for a in range(len(shape)) if a not in axes]
         inner = list(axes)
