@@ -212,7 +212,7 @@ class Function:
                 raise CallError(f"input '{self.inputs[i].name}': label {bad} is outside [0, {depth})")
         return arrays, (1 if batch is None else batch)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):   # an input may be called "self"
         arrays, batch = self._validate(self._bind(args, kwargs))
         if self.check_numerics or self.check:
             outs = self._call_checked(arrays, batch)

@@ -251,3 +251,26 @@ def test_products_over_an_empty_inner_axis_are_zeros(target):
     np.testing.assert_array_equal(out, np.zeros((3, 2)))
     assert total == 0.0
     np.testing.assert_array_equal(rows, np.zeros(3))
+
+
+def test_fusion_never_plans_a_cycle_between_kernels(target):
+    """Found by the fuzzer: a group that grew after its members were placed
+    (m * e joined m's loop, so that loop reads e) was later allowed to feed
+    e's loop, a cycle the planner could not order."""
+    def build():
+        s, x = bpc.input("s", (None, 2), dtype="float64"), bpc.input("x", (None, 2), dtype="float64")
+        m = bpc.maximum(s, x)
+        e = bpc.exp(bpc.tanh(bpc.mean(x)))
+        return [s, x], [bpc.max(m * e), 2.0 + bpc.max(m) * e], None, []
+    assert_same_as_interpreter(target, build, [np.array([[0.5, -1.0]]), np.array([[0.25, 2.0]])], rtol=1e-12)
+
+
+def test_reducing_over_no_axis_is_the_value_itself(target):
+    x = bpc.input("x", (2, None), dtype="float64")
+    assert bpc.max(x, axis=()) is x and bpc.mean(x, axis=()) is x
+    counts = bpc.sum(bpc.cast(x, "int32"), axis=())
+    assert counts.dtype == np.int64
+    f = bpc.function([x], [bpc.transpose(bpc.max(x, axis=())), counts], target=target, optimize=False)
+    out, c = f(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(out, np.arange(6.0).reshape(2, 3).T)
+    np.testing.assert_array_equal(c, np.arange(6).reshape(2, 3))

@@ -100,6 +100,13 @@ def _reduction(op, x, axis, keepdims):
     x = lift(x)
     with checking(op.name, x):
         axes = normalize_axes(axis, x.ndim)
+    if not axes and op is not _argmax:
+        # Reducing over no axis reduces nothing: the value itself (in the
+        # reduction's dtype, as NumPy gives for axis=()), so no target ever
+        # sees a reduction without a reduced axis.
+        with checking(op.name, x):
+            _, dtype = op.infer((x,), {"axis": axes, "keepdims": bool(keepdims)})
+        return cast(x, dtype)
     return op(x, axis=axes, keepdims=bool(keepdims))
 
 

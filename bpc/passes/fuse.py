@@ -63,14 +63,20 @@ def is_loop_node(n):
 
 
 class _Groups:
-    """Union-find over loop groups, with each node's set of groups it
-    (transitively) depends on, to keep the kernel graph acyclic."""
+    """Union-find over loop groups, with the groups each node and each group
+    depends on, to keep the kernel graph acyclic.
+
+    Dependencies are recorded when a node is placed and may go stale: when
+    two groups merge, whatever depended on one now also depends on what
+    the other reads. So a question "does X depend on group g" is answered
+    by a walk over the current groups (`reach`), never by a stored set."""
 
     def __init__(self):
         self.parent = []
         self.shape, self.axes, self.members = [], [], []
+        self.reads = []      # group -> raw group ids its members' outside inputs depend on
         self.group_of = {}   # node id -> group (raw id, resolve with find)
-        self.deps = {}       # node id -> set of raw group ids it depends on (incl. its own)
+        self.deps = {}       # node id -> raw group ids it depends on when placed (incl. its own)
 
     def find(self, g):
         while self.parent[g] != g:
@@ -83,22 +89,35 @@ class _Groups:
         self.shape.append(shape)
         self.axes.append(axes)
         self.members.append([])
+        self.reads.append(set())
         return len(self.parent) - 1
+
+    def reach(self, raw):
+        """Every current group that something depending on the raw group ids
+        `raw` depends on, transitively."""
+        seen, stack = set(), [self.find(g) for g in raw]
+        while stack:
+            g = stack.pop()
+            if g not in seen:
+                seen.add(g)
+                stack.extend(self.find(h) for h in self.reads[g])
+        return seen
 
     def legal(self, cands, n):
         """Can the groups `cands` and node n form one kernel without a cycle?
         A cycle exists iff some input read from outside depends on them."""
         members = [m for c in cands for m in self.members[c]] + [n]
         member_ids = {m.id for m in members}
+        outside = set()
         for m in members:
             for i in m.inputs:
                 if i.id in member_ids:
                     # A reduction's result exists only after its loop nest.
                     if i.op.iteration == "reduce":
                         return False
-                elif i.id in self.deps and {self.find(g) for g in self.deps[i.id]} & cands:
-                    return False
-        return True
+                elif i.id in self.deps:
+                    outside |= self.deps[i.id]
+        return not (self.reach(outside) & cands)
 
     def join(self, cands, n, axes):
         target = min(cands)
@@ -107,10 +126,17 @@ class _Groups:
                 self.parent[c] = target
                 self.members[target].extend(self.members[c])
                 self.members[c] = []
+                self.reads[target] |= self.reads[c]
         self.members[target].append(n)
+        self.note_reads(target, n)
         if axes is not None:
             self.axes[target] = axes
         return target
+
+    def note_reads(self, g, n):
+        """Group g now holds node n: it depends on what n's inputs depend on."""
+        for i in n.inputs:
+            self.reads[g] |= self.deps.get(i.id, set())
 
     def candidates(self, n, shape, reduce_axes):
         """Groups node n could join: those of its inputs (the reduced input,
@@ -154,6 +180,7 @@ def _plan_groups(order):
         if chosen is None:
             chosen = groups.new(shape, reduce_axes or ())
             groups.members[chosen].append(n)
+            groups.note_reads(chosen, n)
         groups.group_of[n.id] = chosen
         groups.deps[n.id] = in_deps | {chosen}
     return groups, groups.group_of
@@ -274,6 +301,8 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids):
     # themselves ({A: B, B: A}) are first saved to workspace buffers.
     snapshots = [v for _, v in copies if _base(v).op is None and _base(v).id in updated]
     order = _topo(edges)
+    if order is None:   # fusion keeps the kernel graph acyclic; this is a bpc bug
+        raise AssertionError("fusion planned kernels that depend on each other in a cycle")
     return in_place, copies, snapshots, [kernels[i] for i in order]
 
 
