@@ -274,3 +274,18 @@ def test_reducing_over_no_axis_is_the_value_itself(target):
     out, c = f(np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(out, np.arange(6.0).reshape(2, 3).T)
     np.testing.assert_array_equal(c, np.arange(6).reshape(2, 3))
+
+
+def test_loops_with_different_reductions_stay_apart(target):
+    """Found by the fuzzer: when two groups merged, the merged loop forgot
+    the reduction axes of one of them, and a reduction over other axes
+    then joined it, storing one of the two results at a stale index."""
+    def build():
+        r, b = bpc.input("r", (None, 4, 5), dtype="float64"), bpc.input("b", (None, 4, 5), dtype="float64")
+        e, s = bpc.exp(bpc.tanh(r)), b - 0.5
+        rows = bpc.max(s * s, axis=2, keepdims=True)
+        cols = bpc.max(e * s, axis=(0, 1), keepdims=True)
+        return [r, b], [e, rows, bpc.reshape(cols, (5,))], None, []
+    rng = np.random.default_rng(0)
+    assert_same_as_interpreter(target, build, [rng.normal(size=(3, 4, 5)), 3 * rng.normal(size=(3, 4, 5))],
+                               rtol=1e-12)

@@ -127,6 +127,8 @@ class _Groups:
                 self.members[target].extend(self.members[c])
                 self.members[c] = []
                 self.reads[target] |= self.reads[c]
+                if self.axes[c]:   # the merged loop nest keeps the reduction it holds
+                    self.axes[target] = self.axes[c]
         self.members[target].append(n)
         self.note_reads(target, n)
         if axes is not None:
