@@ -140,6 +140,53 @@ def test_source_shows_user_names_only_in_the_legend():
 
 # ----- threads, residency, inputs -----------------------------------------------------------
 
+@pytest.mark.parametrize("target, options", [("interpret", {}), ("cpu", {}), ("cpu", {"check": True}),
+                                             ("cpu", {"check_numerics": True})])
+def test_concurrent_steps_that_update_a_param_run_one_at_a_time(target, options):
+    x = bpc.input("x", (None, 3), dtype="float64")
+    s = bpc.state("s", np.float64(0.0))
+    f = bpc.function([x], bpc.sum(x), updates={s: s + 1.0}, target=target, **options)
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(50):
+                f(np.ones((2, 3)))
+        except Exception as e:     # a false alarm of check=True would land here
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and s.value == 200.0
+
+
+def test_cuda_calls_from_several_threads_are_each_correct():
+    from conftest import TARGETS
+    if "cuda" not in TARGETS:
+        pytest.skip("target cuda is not tested here (BPC_TEST_TARGETS)")
+    x = bpc.input("x", (None, 2), dtype="float64")
+    W = bpc.param("W", np.array([[1.0, 2.0], [3.0, 4.0]]))
+    f = bpc.function([x], x @ W + 1.0, target="cuda")
+    results, errors = [], []
+
+    def worker(k):
+        try:
+            for _ in range(3):
+                results.append((k, f(np.full((2, 2), float(k)))))
+        except Exception as e:
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k, out in results:
+        np.testing.assert_allclose(out, np.full((2, 2), float(k)) @ W.value + 1.0)
+
+
 @pytest.mark.parametrize("with_updates", [False, True])
 def test_concurrent_calls_of_one_function_are_each_correct(with_updates):
     x = bpc.input("x", (None, 8), dtype="float64")
@@ -289,3 +336,50 @@ def test_loops_with_different_reductions_stay_apart(target):
     rng = np.random.default_rng(0)
     assert_same_as_interpreter(target, build, [rng.normal(size=(3, 4, 5)), 3 * rng.normal(size=(3, 4, 5))],
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_loop_reading_a_transposed_view_runs_before_the_buffer_is_reused(parallel):
+    """Numba's own fusion of parallel loops merged a loop reading v = b0.T
+    with the next loop writing b0 (it does not see the alias); bpc fuses
+    loops itself and switches Numba's fusion off."""
+    rng = np.random.default_rng(0)
+
+    def build():
+        x = bpc.input("x", (None, 4), dtype="float64")
+        P, Q = bpc.param("P", rng.standard_normal((4, 4))), bpc.param("Q", rng.standard_normal((4, 4)))
+        W = bpc.param("W", rng.standard_normal((4, 4)))
+        return [x], [(P + 1.0).T * 1.5, (Q + 1.0).T, W.T * 2.0], {W: W * 0.5 + 1.0}, [W]
+    want = run_on("interpret", build, [np.ones((1, 4))], steps=2)
+    rng = np.random.default_rng(0)
+    inputs, outputs, updates, params = build()
+    f = bpc.function(inputs, outputs, updates=updates, target="cpu", parallel=parallel)
+    for step in range(2):
+        for k, (g, w) in enumerate(zip(f(np.ones((1, 4))), want[0][step])):
+            np.testing.assert_allclose(g, w, rtol=1e-12, err_msg=f"step {step}, output {k}")
+    np.testing.assert_allclose(params[0].value, want[1][-1][0], rtol=1e-12)
+
+
+def test_unoptimized_gradient_programs_compile(target):
+    """Without the passes, grad's seed is a view of an inlined scalar constant."""
+    x = bpc.input("x", (None, 3), dtype="float64")
+    W = bpc.param("W", np.ones((3, 2)))
+    loss = bpc.sum(x @ W)
+    (g,) = bpc.grad(loss, [W])
+    f = bpc.function([x], [loss, g], target=target, optimize=False)
+    out, grad = f(np.ones((2, 3)))
+    assert out == 12.0
+    np.testing.assert_array_equal(grad, np.full((3, 2), 2.0))
+
+
+def test_check_tolerates_float32_rounding(target):
+    """exp in float32 differs by an ulp between NumPy and compiled code and
+    the cancellation in exp(x) - y magnifies it: not an alarm."""
+    if target == "interpret":
+        pytest.skip("check=True compares a compiled target with the interpreter")
+    x, y = bpc.input("x", (None,)), bpc.input("y", (None,))
+    w = bpc.param("w", np.ones(1, np.float32))
+    loss = bpc.mean((bpc.exp(x * w) - y) ** 2)
+    (gw,) = bpc.grad(loss, [w])
+    f = bpc.function([x, y], [loss, gw], target=target, check=True)
+    f(np.array([8.1, 8.2, 8.3], np.float32), np.array([3300.0, 3640.0, 4020.0], np.float32))

@@ -4,9 +4,9 @@ A compiled backend turns a `Program` into a fusion plan (`passes/fuse.py`)
 and generated code; this base class owns everything around running it:
 
 * workspaces: the buffers of one call, made per batch size and handed out
-  from a pool, so concurrent calls from several threads never share one;
-  a function with updates runs one call at a time (its steps read and
-  write the same parameters, so they must not interleave);
+  from a pool, so concurrent calls from several threads never share one
+  (a function with updates runs one call at a time: `bpc.function` holds
+  its lock around the whole call, checks included);
 * snapshots: outputs that are (views of) parameters updated by the step
   report the pre-step value, as on the interpreter (outputs are computed
   before the updates are written);
@@ -23,7 +23,6 @@ buffer back (`make_workspace`, `run`, `buffer_value`).
 import logging
 import threading
 import time
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -54,7 +53,6 @@ class CompiledBackend:
         self._snap = [b for b in bases.values() if b.op is None and b.id in updated]
         self._pool = {}
         self._pool_lock = threading.Lock()
-        self._step_lock = threading.Lock() if program.updates else nullcontext()
 
     def kernel_of(self):
         return self.plan.kernel_of()
@@ -77,17 +75,16 @@ class CompiledBackend:
 
     # ----- a call ------------------------------------------------------------------
     def __call__(self, arrays, batch):
-        with self._step_lock:
-            ws = self._acquire(batch)
-            try:
-                snapshot = {n.id: residency.host_value(n) for n in self._snap}
-                t0 = time.perf_counter()
-                variant = self.run(ws, arrays, batch)
-                if variant not in self.compile_seconds:
-                    self._log_first_run(variant, time.perf_counter() - t0)
-                return [np.array(self._output(o, ws, arrays, snapshot, batch)) for o in self.program.outputs]
-            finally:
-                self._release(batch, ws)
+        ws = self._acquire(batch)
+        try:
+            snapshot = {n.id: residency.host_value(n) for n in self._snap}
+            t0 = time.perf_counter()
+            variant = self.run(ws, arrays, batch)
+            if variant not in self.compile_seconds:
+                self._log_first_run(variant, time.perf_counter() - t0)
+            return [np.array(self._output(o, ws, arrays, snapshot, batch)) for o in self.program.outputs]
+        finally:
+            self._release(batch, ws)
 
     def _log_first_run(self, variant, seconds):
         self.compile_seconds[variant] = seconds

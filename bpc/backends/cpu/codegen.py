@@ -16,6 +16,10 @@ from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr,
 # No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
 # 'reassoc': with either, LLVM folds exp(log(x)) into x and hides log(-1)'s NaN.
 FASTMATH = "{'contract', 'arcp', 'nsz'}"
+# bpc fuses loops itself. Numba's own fusion of adjacent prange loops does
+# not see through views: it merged a loop reading `v = b0.T` with the next
+# loop writing b0, so elements were read after they were overwritten.
+PARALLEL = "{'fusion': False}"
 
 
 class Generator:
@@ -62,7 +66,8 @@ class Generator:
                 "uniform_hash_jit = njit(inline='always', cache=True)(uniform_hash)", ""]
         out = list(head)
         for variant, parallel in (("serial", False), ("parallel", True)):
-            out.append(f"@njit(cache=True, parallel={parallel}, fastmath={FASTMATH}, error_model='numpy', nogil=True)")
+            options = PARALLEL if parallel else "False"
+            out.append(f"@njit(cache=True, parallel={options}, fastmath={FASTMATH}, error_model='numpy', nogil=True)")
             out.append(f"def {self.func_name}_{variant}({', '.join(self.args())}):")
             out.extend(body)
             out.append("")
@@ -102,6 +107,11 @@ class Generator:
     # ----- kernels -------------------------------------------------------------
     def _kernel_view(self, k):
         n = k.node
+        base = view_chain(n)[-1]
+        if base.id in self.plan.inline:   # a view of an inlined scalar (grad's seed, unoptimized)
+            const = typed_const(self.plan.inline[base.id], base.dtype)
+            self.emit(f"v_{self.names[n]} = np.full({shape_expr(n.shape)}, {const})", 1)
+            return
         src = self.array(n.inputs[0])
         if n.op.name == "transpose":
             axes = n.attrs["axes"]

@@ -13,6 +13,7 @@ run the same kernels on Numba's CUDA simulator (slow: for tests), and use
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -143,17 +144,21 @@ class CudaBackend(CompiledBackend):
         if not self.simulator:
             yield
             return
-        old = sys.getswitchinterval()
-        sys.setswitchinterval(1e-4)
-        try:
-            yield
-        finally:
-            sys.setswitchinterval(old)
+        with _SIMULATOR_LOCK:   # the simulator cannot run two launches at once
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(1e-4)
+            try:
+                yield
+            finally:
+                sys.setswitchinterval(old)
 
     def buffer_value(self, workspace, node, batch):
         shape = resolve(node.shape, batch)
         dev = workspace[0][self.plan.buffers[node.id]]
         return dev.copy_to_host().reshape(shape) if dev.size else np.zeros(shape, node.dtype)
+
+
+_SIMULATOR_LOCK = threading.Lock()
 
 
 def _flat_size(shape, batch):
