@@ -343,15 +343,14 @@ def test_a_loop_reading_a_transposed_view_runs_before_the_buffer_is_reused(paral
     """Numba's own fusion of parallel loops merged a loop reading v = b0.T
     with the next loop writing b0 (it does not see the alias); bpc fuses
     loops itself and switches Numba's fusion off."""
-    rng = np.random.default_rng(0)
 
     def build():
+        rng = np.random.default_rng(0)
         x = bpc.input("x", (None, 4), dtype="float64")
         P, Q = bpc.param("P", rng.standard_normal((4, 4))), bpc.param("Q", rng.standard_normal((4, 4)))
         W = bpc.param("W", rng.standard_normal((4, 4)))
         return [x], [(P + 1.0).T * 1.5, (Q + 1.0).T, W.T * 2.0], {W: W * 0.5 + 1.0}, [W]
     want = run_on("interpret", build, [np.ones((1, 4))], steps=2)
-    rng = np.random.default_rng(0)
     inputs, outputs, updates, params = build()
     f = bpc.function(inputs, outputs, updates=updates, target="cpu", parallel=parallel)
     for step in range(2):
