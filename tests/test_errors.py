@@ -269,3 +269,12 @@ def test_check_numerics_in_a_training_step_blames_the_forward_node(target):
     step(np.ones((2, 3)))
     with pytest.raises(FloatingPointError, match=r"'root' \(sqrt"):
         step(np.array([[1.0, -4.0, 1.0]]))
+
+
+def test_reshape_keeps_the_batch_dimension_as_often_as_it_was():
+    """(N, N) has N*N elements, (N, 1) has N: refused when the node is built,
+    not with a NumPy error at call time (found by the fuzzer)."""
+    x = bpc.input("x", (None, 1), dtype="float64")
+    with pytest.raises(bpc.ShapeError, match=r"reshape: .*must appear as often in both.*test_errors.py"):
+        bpc.reshape(x * x.T, (None, 1))
+    assert bpc.reshape(x * x.T, (None, None, 1)).shape == (None, None, 1)

@@ -193,9 +193,11 @@ def _reshape_infer(inputs, attrs):
     target = list(attrs["shape"])
     if target.count(-1) > 1:
         raise ShapeError(f"can only infer one dimension (-1) in {attrs['shape']}")
-    if (None in x.shape) != (None in target):
+    if x.shape.count(None) != target.count(None):
+        # Sizes are N**k times the static part: equal for every N only
+        # when both sides hold the batch dimension equally often.
         raise ShapeError(f"cannot reshape {format_shape(x.shape)} to {attrs['shape']}: the batch "
-                         "dimension (None) must appear in both or in neither")
+                         "dimension (None) must appear as often in both")
     have = _static_size(x.shape)
     known = _static_size([d for d in target if d != -1])
     if -1 in target:
