@@ -486,8 +486,9 @@ class _Builder:
         self.notes.append(kind)
         if kind == "reshape":
             if a.shape.count(None) > 1:
-                # (N, N) values come from broadcasting; bpc's reshape rule
-                # cannot check their size (a known gap), so leave them be.
+                # (N, N) values come from broadcasting; they reshape only to
+                # shapes holding N twice (a ShapeError otherwise), and
+                # `reshaped` makes shapes with one N: leave them be.
                 raise _Skip()
             out = bpc.reshape(a, self.reshaped(a.shape))
         elif kind == "T":
