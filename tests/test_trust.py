@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 import bpc
+from conftest import TARGETS
+
+COMPILED = [t for t in TARGETS if t != "interpret"]
 
 
 def run_on(target, build, feeds, steps=1):
@@ -163,7 +166,6 @@ def test_concurrent_steps_that_update_a_param_run_one_at_a_time(target, options)
 
 
 def test_cuda_calls_from_several_threads_are_each_correct():
-    from conftest import TARGETS
     if "cuda" not in TARGETS:
         pytest.skip("target cuda is not tested here (BPC_TEST_TARGETS)")
     x = bpc.input("x", (None, 2), dtype="float64")
@@ -219,7 +221,6 @@ def test_concurrent_calls_of_one_function_are_each_correct(with_updates):
 
 @pytest.mark.parametrize("device", ["cuda"])
 def test_a_param_has_one_value_whichever_target_wrote_it_last(device):
-    from conftest import TARGETS
     if device not in TARGETS:
         pytest.skip(f"target {device} is not tested here (BPC_TEST_TARGETS)")
     x = bpc.input("x", (None, 2))
@@ -267,9 +268,8 @@ def test_check_numerics_catches_a_nan_gradient_and_leaves_params_unchanged(targe
     assert not np.array_equal(W.value, before)
 
 
+@pytest.mark.parametrize("target", COMPILED)
 def test_check_runs_the_interpreter_beside_the_target_and_names_the_mismatch(target, monkeypatch):
-    if target == "interpret":
-        pytest.skip("check=True compares a compiled target with the interpreter")
     x = bpc.input("x", (None, 2))
     W = bpc.param("W", np.ones((2, 2)))
     out = bpc.tanh(x @ W)
@@ -371,11 +371,10 @@ def test_unoptimized_gradient_programs_compile(target):
     np.testing.assert_array_equal(grad, np.full((3, 2), 2.0))
 
 
+@pytest.mark.parametrize("target", COMPILED)
 def test_check_tolerates_float32_rounding(target):
     """exp in float32 differs by an ulp between NumPy and compiled code and
     the cancellation in exp(x) - y magnifies it: not an alarm."""
-    if target == "interpret":
-        pytest.skip("check=True compares a compiled target with the interpreter")
     x, y = bpc.input("x", (None,)), bpc.input("y", (None,))
     w = bpc.param("w", np.ones(1, np.float32))
     loss = bpc.mean((bpc.exp(x * w) - y) ** 2)
