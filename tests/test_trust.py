@@ -41,6 +41,24 @@ def assert_same_as_interpreter(target, build, feeds, steps=1, rtol=1e-6):
     return got
 
 
+def in_threads(worker, n):
+    """Run worker(0) ... worker(n - 1) at once, each in its own thread; the
+    exceptions they raised."""
+    errors = []
+
+    def run(k):
+        try:
+            worker(k)
+        except Exception as e:     # collected: an assert in a thread would go unseen
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 # ----- buffers under live views -----------------------------------------------------------
 
 def test_worked_example_returns_every_gradient_with_the_forward_values(target):
@@ -149,20 +167,10 @@ def test_concurrent_steps_that_update_a_param_run_one_at_a_time(target, options)
     x = bpc.input("x", (None, 3), dtype="float64")
     s = bpc.state("s", np.float64(0.0))
     f = bpc.function([x], bpc.sum(x), updates={s: s + 1.0}, target=target, **options)
-    errors = []
-
-    def worker():
-        try:
-            for _ in range(50):
-                f(np.ones((2, 3)))
-        except Exception as e:     # a false alarm of check=True would land here
-            errors.append(e)
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and s.value == 200.0
+    def worker(_):
+        for _ in range(50):
+            f(np.ones((2, 3)))       # a false alarm of check=True would raise here
+    assert not in_threads(worker, 4) and s.value == 200.0
 
 
 def test_cuda_calls_from_several_threads_are_each_correct():
@@ -171,20 +179,12 @@ def test_cuda_calls_from_several_threads_are_each_correct():
     x = bpc.input("x", (None, 2), dtype="float64")
     W = bpc.param("W", np.array([[1.0, 2.0], [3.0, 4.0]]))
     f = bpc.function([x], x @ W + 1.0, target="cuda")
-    results, errors = [], []
+    results = []
 
     def worker(k):
-        try:
-            for _ in range(3):
-                results.append((k, f(np.full((2, 2), float(k)))))
-        except Exception as e:
-            errors.append(e)
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+        for _ in range(3):
+            results.append((k, f(np.full((2, 2), float(k)))))
+    assert not in_threads(worker, 3) and len(results) == 9
     for k, out in results:
         np.testing.assert_allclose(out, np.full((2, 2), float(k)) @ W.value + 1.0)
 
@@ -209,11 +209,7 @@ def test_concurrent_calls_of_one_function_are_each_correct(with_updates):
                 o, s = f(batches[i])
                 if not np.allclose(o, expected[i]) or not np.isclose(s, expected[i].sum()):
                     failures.append(i)
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not in_threads(worker, 4)
     assert not failures
     if with_updates:
         assert count.value[0] == 4 * 5 * len(batches)

@@ -51,7 +51,7 @@ class Plan:
     buffers: dict                   # node id -> buffer index (materialized intermediates)
     buffer_specs: list              # buffer index -> (symbolic shape, dtype)
     inline: dict                    # node id -> scalar constant value inlined into code
-    snapshots: dict = field(default_factory=dict)   # copied value id -> buffer saving it first
+    snapshots: dict = field(default_factory=dict)   # copied value id -> (value, buffer saving it first)
 
     def kernel_of(self):
         """node id -> kernel name, for drawing fused kernels."""
@@ -236,7 +236,7 @@ def plan(program):
     snapshots = {}
     for v in snapshot_values:
         if v.id not in snapshots:
-            snapshots[v.id] = len(specs)
+            snapshots[v.id] = (v, len(specs))
             specs.append((v.shape, v.dtype))
     return Plan(order_k, roots, in_place, copies, buffers, specs, inline, snapshots)
 

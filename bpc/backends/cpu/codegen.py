@@ -88,18 +88,16 @@ class Generator:
         """Updates not written in place: every new value is computed by now;
         values that are themselves updated leaves are saved first, so the
         writes are simultaneous ({A: B, B: A} swaps)."""
-        saved = {}
-        for _, value in self.plan.copies:
-            b = self.plan.snapshots.get(value.id)
-            if b is not None and value.id not in saved:
-                saved[value.id] = f"b{b}"
-                self._assign(f"b{b}", self.array(value), value.shape)
+        snapshots = self.plan.snapshots
+        for value, b in snapshots.values():
+            self._assign(f"b{b}", self.array(value), value.shape)
         for param, value in self.plan.copies:
             if value.id in self.plan.inline:
                 const = typed_const(self.plan.inline[value.id], param.dtype)
                 self.emit(f"{self.array(param)}[{'()' if not param.shape else ':'}] = {const}", 1)
             else:
-                self._assign(self.array(param), saved.get(value.id) or self.array(value), param.shape)
+                src = f"b{snapshots[value.id][1]}" if value.id in snapshots else self.array(value)
+                self._assign(self.array(param), src, param.shape)
 
     def _assign(self, dst, src, shape):
         self.emit(f"{dst}[()] = {src}[()]" if not shape else f"{dst}[:] = {src}", 1)

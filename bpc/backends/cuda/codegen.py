@@ -143,21 +143,18 @@ class Generator:
             out += getattr(self, f"_kernel_{k.form}")(k, describe)
         # Updates not written in place, after every kernel: values that are
         # themselves updated leaves are saved first ({A: B, B: A} swaps).
-        saved = {}
-        for _, value in self.plan.copies:
-            b = self.plan.snapshots.get(value.id)
-            if b is not None and value.id not in saved:
-                saved[value.id] = b
-                self._start(f"k{count}_save_{self.names[value]}", [value])
-                count += 1
-                out += self._kernel_copy(f"b{b}", value, value, f"{self._kernel_name}: save the pre-step "
-                                                                f"value of {self.names[value]}")
+        snapshots = self.plan.snapshots
+        for value, b in snapshots.values():
+            self._start(f"k{count}_save_{self.names[value]}", [value])
+            count += 1
+            out += self._kernel_copy(f"b{b}", value, value, f"{self._kernel_name}: save the pre-step "
+                                                            f"value of {self.names[value]}")
         for param, value in self.plan.copies:
             self._start(f"k{count}_update_{self.names[param]}", [param])
             count += 1
+            saved = f"b{snapshots[value.id][1]}" if value.id in snapshots else None
             out += self._kernel_copy(self.storage(param), param, value,
-                                     f"{self._kernel_name}: copy the new value of {self.names[param]}",
-                                     saved=f"b{saved[value.id]}" if value.id in saved else None)
+                                     f"{self._kernel_name}: copy the new value of {self.names[param]}", saved=saved)
         return "\n".join(out) + "\n"
 
     # ----- helpers --------------------------------------------------------------------
