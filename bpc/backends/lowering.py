@@ -103,12 +103,21 @@ def reduced_index(r, shape):
     return ", ".join(idx) if idx else "()"
 
 
+def acc_dtype(r):
+    """The dtype reduction r accumulates in: its own for a float max; float64
+    for float sums and means, because float32 running sums drift (the
+    NumPy reference accumulates the same way); int64 for the rest."""
+    if r.op.name == "max" and r.dtype.kind == "f":
+        return r.dtype
+    return np.dtype("float64") if r.dtype.kind == "f" else np.dtype("int64")
+
+
 def acc_init(r):
-    """Initial accumulator: -inf for max; 0 for sums, in float64 for floats
-    because float32 running sums drift."""
+    """Initial accumulator: the smallest value for max, 0 for sums."""
+    dtype = acc_dtype(r)
     if r.op.name == "max":
-        return typed_const(-math.inf, r.dtype) if r.dtype.kind == "f" else f"int64({np.iinfo(np.int64).min})"
-    return "float64(0.0)" if r.dtype.kind == "f" else "int64(0)"
+        return typed_const(-math.inf, dtype) if dtype.kind == "f" else f"int64({np.iinfo(np.int64).min})"
+    return typed_const(0, dtype)
 
 
 def accumulate(r, acc, x):

@@ -39,7 +39,7 @@ import numpy as np
 from ...ops import nn as nn_ops
 from ...ops.nn import uniform_hash
 from ..lowering import (typed_const, ScalarContext, Names, dim_expr, operand_axes, reduced_axes,
-                        acc_init, accumulate, acc_final, size_expr, linear_index, split_index,
+                        acc_dtype, acc_init, accumulate, acc_final, size_expr, linear_index, split_index,
                         flat_offset, inline_function, view_chain)
 
 
@@ -55,13 +55,6 @@ class KernelSpec:
     float64_sums: int = 0     # float sums/means here, accumulated in float64
     means: int = 0
     float64_values: bool = False   # the graph itself computes or reads float64 values here
-
-
-def _acc_dtype(r):
-    """The dtype of reduction r's accumulator (as `lowering.acc_init` makes it)."""
-    if r.op.name == "max":
-        return r.dtype if r.dtype.kind == "f" else np.dtype("int64")
-    return np.dtype("float64") if r.dtype.kind == "f" else np.dtype("int64")
 
 
 class Generator:
@@ -207,7 +200,7 @@ class Generator:
         # slot per thread and reduction (see `launch.configure`).
         self.emit("nthreads = rn * on", 1)
         for j, r in enumerate(reductions):
-            dt = _acc_dtype(r)
+            dt = acc_dtype(r)
             start = j * (8 // dt.itemsize)
             self.emit(f"sh_{self.names[r]} = cuda.shared.array(0, {dt.name})"
                       f"[{start} * nthreads:{start + 1} * nthreads]" if start else
