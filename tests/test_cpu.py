@@ -1,6 +1,8 @@
-"""The CPU target: fusion, one native call per step, in-place updates,
-serial/parallel agreement, a batch dimension that never recompiles, and the
-on-disk cache (warm start compiles nothing; corrupt entries are rebuilt)."""
+"""The CPU target: fusion, one compiled function per kernel structure
+(shared between layers, functions and processes), one native call per step,
+in-place updates, serial/parallel agreement, a batch dimension that never
+recompiles, and the on-disk cache (warm start compiles nothing; corrupt
+entries are rebuilt)."""
 import os
 import subprocess
 import sys
@@ -61,8 +63,15 @@ def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
     # Every SGD update is written straight into its parameter.
     assert len(step.backend.plan.in_place) == 6 and not step.backend.plan.copies
     src = step.source
-    assert src.count("def step_serial(") == 1 and src.count("def step_parallel(") == 1
+    modules = step.backend.kernel_sources
+    assert src.count("def serial(N, p):") == src.count("def parallel(N, p):") == len(modules)
     assert "prange" in src and "np.dot" in src and "# k0_" in src
+    # One module per kernel structure: the hidden layers' identical kernels
+    # (bias + ReLU, the ReLU mask product...) and all SGD updates of one
+    # shape share theirs.
+    calls = [k for k in kernels if k.form != "view"]
+    assert len(modules) < len(calls)
+    assert sum(m.split("\n")[1].startswith("# loop [add, relu") for m in modules) == 1
 
 
 def test_step_matches_interpreter_over_several_steps_with_smaller_last_batch(mlp_step):
@@ -78,8 +87,9 @@ def test_step_matches_interpreter_over_several_steps_with_smaller_last_batch(mlp
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for p, q in zip(params, ref_params):
         np.testing.assert_allclose(p.value, q.value, rtol=1e-5, atol=1e-6)
-    # Batch sizes 16 and 8 ran the same machine code: one signature, no recompiles.
-    assert len(step.backend.module.step_serial.signatures) == 1
+    # Batch sizes 16 and 8 ran the same machine code: the same kernels, one runner signature.
+    assert list(step.backend.compiles) == ["serial"]
+    assert len(step.backend._runner_module.run.signatures) == 1
 
 
 def test_parallel_and_serial_variants_agree_with_the_interpreter():
@@ -157,8 +167,11 @@ def test_fused_dot_view_draws_kernels_as_clusters(mlp_step):
 
 def test_source_is_written_next_to_the_cache_entry(mlp_step):
     step, _ = mlp_step
-    with open(step.backend.path, encoding="utf-8") as f:
-        assert f.read() == step.backend.source
+    for (module, path), source in zip(step.backend.kernel_modules, step.backend.kernel_sources):
+        with open(path, encoding="utf-8") as f:
+            assert f.read() == source
+        assert os.path.basename(path) == module.__name__ + ".py"
+        assert f"# ----- {module.__name__}.py\n{source}" in step.source
     assert step.source.endswith(step.backend.source)   # after the legend of user names
 
 
@@ -171,26 +184,28 @@ WARM_START = MLP_SCRIPT + textwrap.dedent("""
     x, y, params, loss, updates = build()
     f = bpc.function([x, y], loss, updates=updates, target="cpu")
     f(np.ones((4, 12), np.float32), np.zeros(4, np.int64))
-    stats = f.backend.module.step_serial.stats
-    print("misses", sum(stats.cache_misses.values()), "hits", sum(stats.cache_hits.values()))
+    hows = [c.how for c in f.backend.compiles["serial"]]
+    print("misses", hows.count("compiled"), "hits", hows.count("cache hit"), "of", len(hows))
 """)
 
 
 def test_second_process_compiles_nothing_and_corrupt_entries_are_rebuilt(tmp_path):
     first = _run(WARM_START, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "misses 1 hits 0" in first.stdout and "compiled cpu serial" in first.stderr
+    n = int(first.stdout.split()[-1])
+    assert f"misses {n} hits 0" in first.stdout and "compiled cpu serial" in first.stderr
+    assert first.stderr.count("bpc: compiled kernel") == n
     second = _run(WARM_START, tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "misses 0 hits 1" in second.stdout and "loaded cached cpu serial" in second.stderr
-    # Corrupt Numba's cache files and the module: both are detected and rebuilt.
-    module = next((tmp_path / "cpu").glob("bpc_step_*.py"))
+    assert f"misses 0 hits {n}" in second.stdout and "loaded cached cpu serial" in second.stderr
+    # Corrupt Numba's cache files and a module: both are detected and rebuilt.
+    module = next((tmp_path / "cpu").glob("bpc_kernel_*.py"))
     for f in (tmp_path / "cpu" / "__pycache__").iterdir():
         f.write_bytes(b"garbage")
     module.write_text("raise SystemExit('this must never run')\n")
     third = _run(WARM_START, tmp_path)
     assert third.returncode == 0, third.stderr
-    assert "discarding" in third.stderr and "misses 1 hits 0" in third.stdout
+    assert "discarding" in third.stderr and f"misses {n} hits 0" in third.stdout
     assert "must never run" not in module.read_text()
 
 

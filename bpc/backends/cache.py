@@ -76,6 +76,11 @@ def module_key(source):
     return h.hexdigest()
 
 
+def module_name(source, prefix="bpc_step"):
+    """The name (and file stem) of the module for `source`."""
+    return f"{prefix}_{module_key(source)[:24]}"
+
+
 def cache_status():
     """Whether generated modules are cached on disk, checked now: creates
     the cache folder if it is missing, as compiling would."""
@@ -88,7 +93,7 @@ def load_module(source, target="cpu", prefix="bpc_step"):
     folder (a private temporary one when the cache cannot be used). Returns
     the module, its path and its key."""
     key = module_key(source)
-    name = f"{prefix}_{key[:24]}"
+    name = module_name(source, prefix)
     data = source.encode("utf-8")
     with _lock:
         module = sys.modules.get(name)

@@ -1,15 +1,22 @@
-"""The CPU target: one generated Numba module per function, one native call
-per step.
+"""The CPU target: one compiled function per kernel structure, shared by
+every step and process that runs it, called in order by one runner, so a
+step is one native call.
+
+Kernels compile on first use (per variant), each once per process and
+once per cache: a kernel that another function or an earlier process
+compiled is reused, not compiled (`Function.report()` and
+`BPC_LOG_COMPILES=1` say which, with the seconds Numba spent).
 
 Work per call decides the variant: below `PARALLEL_MIN_WORK` elements of
-loop work the serial build runs (waking threads costs more than the work
+loop work the serial kernels run (waking threads costs more than the work
 at those sizes: ~1.5 us per parallel loop nest against ~0.2 us serial);
-above it, the `parallel=True` build. Each variant compiles on first use and
-is cached on disk (see `cache.py`), so a second process compiles nothing.
-Workspaces, snapshots, readback and residency are shared with the other
-compiled targets (`base.py`).
+above it, the `parallel=True` ones. Workspaces, snapshots, readback and
+residency are shared with the other compiled targets (`base.py`).
 """
+import logging
+import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,9 +25,54 @@ from .. import threads
 from .. import residency
 from ..base import CompiledBackend
 from ..cache import load_module, record_compiled
-from .codegen import Generator
+from .codegen import Generator, KERNEL_PREFIX, FASTMATH_FLAGS
+from .runner import RUNNER_PREFIX, runner_source
+
+log = logging.getLogger("bpc")
 
 PARALLEL_MIN_WORK = 1 << 18
+
+
+@dataclass
+class KernelCompile:
+    """How one kernel variant came to be callable in this process."""
+    module: str
+    variant: str
+    how: str               # "compiled", "cache hit" (Numba's disk cache) or "shared" (already in this process)
+    seconds: float = 0.0   # wall time to compile or load
+    llvm_seconds: float = 0.0   # of which in LLVM (optimization, machine code)
+
+
+_kernels = {}    # (module name, variant) -> (numba CFunc, KernelCompile): process-wide
+_kernels_lock = threading.Lock()
+
+
+def kernel(module, path, variant):
+    """The compiled C callback of one kernel module's variant and how it was
+    obtained this time."""
+    from numba import cfunc, types
+    from numba.core import event
+    key = (module.__name__, variant)
+    with _kernels_lock:
+        if key in _kernels:
+            f, _ = _kernels[key]
+            return f, KernelCompile(module.__name__, variant, "shared")
+        if variant == "parallel":
+            # Machine code loaded from the cache calls the threading layer's
+            # symbols; compiling registers them, loading does not.
+            from numba.np.ufunc.parallel import _launch_threads
+            _launch_threads()
+        llvm = []
+        t0 = time.perf_counter()
+        with event.install_timer("numba:llvm_lock", llvm.append):
+            f = cfunc(types.void(types.int64, types.CPointer(types.voidptr)), cache=True,
+                      fastmath=set(FASTMATH_FLAGS), error_model="numpy", nogil=True)(getattr(module, variant))
+        info = KernelCompile(module.__name__, variant, "cache hit" if f.cache_hits else "compiled",
+                             time.perf_counter() - t0, sum(llvm))
+        if not f.cache_hits:
+            record_compiled(path)
+        _kernels[key] = (f, info)
+        return f, info
 
 
 class CpuBackend(CompiledBackend):
@@ -30,13 +82,32 @@ class CpuBackend(CompiledBackend):
         """parallel: None (choose by work per call), True or False (always)."""
         threads.configure()
         super().__init__(program)
-        gen = Generator(program, self.plan)
-        self.source = gen.source()
-        self.legend = gen.names.legend()
         t0 = time.perf_counter()
-        self.module, self.path, self.key = load_module(self.source)
+        gen = Generator(program, self.plan)
+        self.kernel_modules = [load_module(src, prefix=KERNEL_PREFIX)[:2] for src in gen.kernel_sources]
+        self.kernel_sources = gen.kernel_sources
+        names = [m.__name__ for m, _ in self.kernel_modules]
+        self.legend = gen.names.legend()
+        self.source = "\n".join(gen.listing(names)) + "\n\n" + "\n".join(
+            f"# ----- {name}.py\n{src}" for name, src in zip(names, gen.kernel_sources))
+        self.key = "".join(name[len(KERNEL_PREFIX) + 1:] for name in names)[:64] or "no-kernels"
+        self._runner_module, self._runner_path, _ = load_module(runner_source(len(program.inputs)),
+                                                                prefix=RUNNER_PREFIX)
         self.codegen_seconds = time.perf_counter() - t0
-        self._entries = {"serial": self.module.step_serial, "parallel": self.module.step_parallel}
+        # The call table: each kernel's entries, one after another.
+        self._starts = np.zeros(len(gen.calls), dtype=np.int64)
+        entries = []
+        for i, (_, slots, _) in enumerate(gen.calls):
+            self._starts[i] = len(entries)
+            entries.extend(slots)
+        self._entries = np.array(entries, dtype=np.int64)
+        n_in = len(program.inputs)
+        in_slots = [[j for j, s in enumerate(entries) if s == i] for i in range(n_in)]
+        self._slots = np.array([j for js in in_slots for j in js], dtype=np.int64)
+        self._slot_starts = np.cumsum([0] + [len(js) for js in in_slots]).astype(np.int64)
+        self._calls = [idx for idx, _, _ in gen.calls]
+        self._fns = {}          # variant -> int64 array of kernel addresses, in call order
+        self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
         self._leaves = gen.leaves
         self._leaf_values = [t._value for t in gen.leaves]   # assignments copy into these arrays
         self._parallel = parallel
@@ -46,22 +117,38 @@ class CpuBackend(CompiledBackend):
         work = sum(int(np.prod(resolve(k.shape, batch))) for k in self.plan.kernels if k.form == "loop")
         parallel = self._parallel if self._parallel is not None else (
             work >= PARALLEL_MIN_WORK and threads.get_num_threads() > 1)
-        return bufs, "parallel" if parallel else "serial"
+        # Addresses of every storage; inputs' are written by the runner on each call.
+        storage = [0] * len(self.program.inputs) + [a.ctypes.data for a in self._leaf_values + bufs]
+        table = np.array([storage[s] for s in self._entries], dtype=np.int64)
+        return bufs, "parallel" if parallel else "serial", table
+
+    def _kernel_addresses(self, variant):
+        if variant not in self._fns:
+            compiled = [kernel(module, path, variant) for module, path in self.kernel_modules]
+            self.compiles[variant] = [info for _, info in compiled]
+            for info in self.compiles[variant]:
+                if info.how != "shared":
+                    log.info("bpc: %s kernel %s (%s) in %.2f s%s", info.how, info.module, variant, info.seconds,
+                             f" (LLVM {info.llvm_seconds:.2f} s)" if info.how == "compiled" else "")
+            self._fns[variant] = np.array([compiled[i][0].address for i in self._calls], dtype=np.int64)
+        return self._fns[variant]
 
     def run(self, workspace, arrays, batch):
-        bufs, variant = workspace
-        first = variant not in self.compile_seconds
+        bufs, variant, table = workspace
+        fns = self._kernel_addresses(variant)
         if residency.any_device_copies():   # a device step may have written a leaf last
             residency.host_arrays(self._leaves)
-        self._entries[variant](*arrays, *self._leaf_values, *bufs)
+        runner = self._runner_module.run
+        compiled = len(runner.signatures)
+        runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
+        if len(runner.signatures) > compiled and sum(runner.stats.cache_misses.values()):
+            record_compiled(self._runner_path)   # a new specialization was compiled and cached
         if residency.any_device_copies():
             residency.host_written(self._written)
-        if first and not self.compiled_from_cache(variant):
-            record_compiled(self.path)
         return variant
 
     def compiled_from_cache(self, variant):
-        return sum(self._entries[variant].stats.cache_hits.values()) > 0
+        return all(info.how != "compiled" for info in self.compiles.get(variant, ()))
 
     def buffer_value(self, workspace, node, batch):
         return workspace[0][self.plan.buffers[node.id]]

@@ -1,88 +1,187 @@
-"""Lower a fusion plan to one Python module of Numba code.
+"""Lower a fusion plan to Numba code: one compiled function per kernel
+structure, called in order by a runner that every step shares.
 
-The module holds one function that runs the whole step (forward, backward
-and updates); it is compiled twice on demand from the same body: serially
-for small batches, where waking threads costs more than the work, and with
-`parallel=True` (`prange` over each loop nest's outer axis) for large ones.
-Loop bodies are the ops' scalar formulas; matrix products are `np.dot`
-calls into BLAS with transposes passed as views.
+Each planned kernel (a fused loop nest, a matrix product, a copy...) is
+written as a function in a module of its own, with names that depend on
+nothing but the kernel. It takes the batch size `N` and a table of
+addresses (`runner.py`); its prologue makes an array of each address
+(`carray`, with the shape and dtype the plan gave that buffer; every size
+but `N` a constant), then takes the views (transpose, reshape) it reads.
+Its locals are numbered within it. So its source, and with it the cache
+key (`cache.py`), is a function of the kernel's structure alone (ops,
+attributes, dtypes, ranks, static sizes, which operands are the same
+array): the identical hidden layers of an MLP run one compiled function,
+shared with every other step and process that needs it, and Numba
+compiles a handful of small functions instead of one function that grows
+with the graph (its compile time grows faster than the function).
+
+Each kernel module holds the same body twice: compiled serially for small
+batches, where waking threads costs more than the work, and with
+`parallel=True` (`prange` over each loop nest's outer axis) for large
+ones. Loop bodies are the ops' scalar formulas; matrix products are
+`np.dot` calls into BLAS with transposes passed as views.
 """
 import inspect
 
+from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
 from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
 # No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
 # 'reassoc': with either, LLVM folds exp(log(x)) into x and hides log(-1)'s NaN.
-FASTMATH = "{'contract', 'arcp', 'nsz'}"
+FASTMATH_FLAGS = ("contract", "arcp", "nsz")
+FASTMATH = "{" + ", ".join(map(repr, FASTMATH_FLAGS)) + "}"   # as source text, in a fixed order
 # bpc fuses loops itself. Numba's own fusion of adjacent prange loops does
 # not see through views: it merged a loop reading `v = b0.T` with the next
 # loop writing b0, so elements were read after they were overwritten.
 PARALLEL = "{'fusion': False}"
+VARIANTS = ("serial", "parallel")
+KERNEL_PREFIX = "bpc_kernel"
+
+
+class KernelWriter:
+    """The source of one kernel function, named by structure only: the
+    storage it uses becomes table entries `p[0], p[1], ...` in order of
+    first use (an array used twice is one entry), and nodes become locals
+    numbered in order of first use."""
+
+    def __init__(self, gen, describe):
+        self.gen = gen
+        self.describe = describe
+        self.slots = []         # storage index of each table entry
+        self._slot_of = {}
+        self._arrays = {}
+        self._locals = {}
+        self.entry_args = []    # the arrays the entry makes of the table's addresses
+        self.prologue = []      # views, taken in the body
+        self.lines = []
+        self.uses_hash = False
+
+    def array(self, n):
+        """A local holding node n's value as an array (its storage, or a view of it)."""
+        if n.id in self._arrays:
+            return self._arrays[n.id]
+        gen = self.gen
+        if n.id in gen.plan.in_place:
+            name = self.array(gen.plan.in_place[n.id])
+        elif n.op is not None and n.op.name in ("transpose", "reshape"):
+            name = self._view(n)
+        else:
+            name = self.storage(gen.storage_index(n), n.shape, n.dtype)
+        self._arrays[n.id] = name
+        return name
+
+    def storage(self, index, shape, dtype):
+        """A local holding storage `index` as an array of `shape` and `dtype`."""
+        if index not in self._slot_of:
+            j = len(self.slots)
+            self._slot_of[index] = f"a{j}"
+            self.slots.append(index)
+            self.entry_args.append(f"carray(p[{j}], {shape_expr(shape)}, np.{dtype.name})")
+        return self._slot_of[index]
+
+    def _view(self, n):
+        base = view_chain(n)[-1]
+        name = self.local(n, "v")
+        if base.id in self.gen.plan.inline:   # a view of an inlined scalar (grad's seed, unoptimized)
+            const = typed_const(self.gen.plan.inline[base.id], base.dtype)
+            self.prologue.append(f"{name} = np.full({shape_expr(n.shape)}, {const})")
+            return name
+        src = self.array(n.inputs[0])
+        if n.op.name == "transpose":
+            axes = n.attrs["axes"]
+            expr = f"{src}.T" if len(axes) == 2 else f"{src}.transpose({axes})"
+        else:
+            contiguous = not any(x.op is not None and x.op.name == "transpose" for x in view_chain(n.inputs[0]))
+            expr = (f"{src}" if contiguous else f"np.ascontiguousarray({src})") + f".reshape({shape_expr(n.shape)})"
+        self.prologue.append(f"{name} = {expr}")
+        return name
+
+    def local(self, node, prefix="t"):
+        key = (prefix, node.id)
+        if key not in self._locals:
+            self._locals[key] = f"{prefix}{len(self._locals)}"
+        return self._locals[key]
+
+    def emit(self, line, depth):
+        self.lines.append("    " * depth + line)
+
+    def module_source(self):
+        from ... import __version__
+        out = [f"# Generated by bpc {__version__}: one kernel, shared by every step that runs it.",
+               f"# {self.describe}",
+               "import math", "import numpy as np",
+               "from numba import carray, njit, prange, float32, float64, int32, int64", ""]
+        if self.uses_hash:
+            out += ["# The counter-based generator of dropout masks, from bpc.ops.nn.",
+                    "_M31 = 0x7FFFFFFF", "", inspect.getsource(uniform_hash),
+                    "uniform_hash_jit = njit(inline='always')(uniform_hash)", ""]
+        # serial: the C entry point itself makes arrays of the table's addresses and runs the body.
+        arrays = [f"    a{j} = {a}" for j, a in enumerate(self.entry_args)]
+        body = ["    " + line for line in self.prologue] + self.lines
+        out += ["def serial(N, p):"] + arrays + body + [""]
+        # parallel: Numba's parallel lowering gave wrong results inside a C
+        # entry point, so the entry calls a parallel function with the arrays.
+        params = ", ".join(["N"] + [f"a{j}" for j in range(len(self.slots))])
+        out += [f"@njit(parallel={PARALLEL}, fastmath={FASTMATH}, error_model='numpy', nogil=True, "
+                "no_cpython_wrapper=True)", f"def parallel_body({params}):"] + body + [""]
+        out += ["def parallel(N, p):", f"    parallel_body({', '.join(['N'] + self.entry_args)})", ""]
+        return "\n".join(out) + "\n"
 
 
 class Generator:
-    def __init__(self, program, plan, func_name="step"):
+    """The unique kernel modules of one step and the calls that run it."""
+
+    def __init__(self, program, plan):
         from ...graph.traverse import topo_sort
         self.program, self.plan = program, plan
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
         unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
         self.names = Names(unused + order)
-        self.func_name = func_name
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
-        self.lines = []
-
-    # ----- expressions for stored values ---------------------------------------
-    def array(self, n):
-        """Expression for the array holding node n's value."""
-        if n.id in self.plan.in_place:
-            return self.array(self.plan.in_place[n.id])
-        if n.op is None:
-            return self.names[n]
-        if n.op.name in ("transpose", "reshape"):
-            return f"v_{self.names[n]}"
-        return f"b{self.plan.buffers[n.id]}"
-
-    def args(self):
-        p = self.program
-        return ([self.names[t] for t in p.inputs] + [self.array(n) for n in self.leaves]
-                + [f"b{i}" for i in range(len(self.plan.buffer_specs))])
-
-    # ----- emission ----------------------------------------------------------
-    def emit(self, line, depth):
-        self.lines.append("    " * depth + line)
-
-    def source(self):
-        from ... import __version__
-        self.lines = []
-        body = self._body()
-        head = [f"# Generated by bpc {__version__}: one function runs the whole step.",
-                "# Kernels: " + "; ".join(k.describe() for k in self.plan.kernels)[:2000],
-                "import math", "import numpy as np",
-                "from numba import njit, prange, float32, float64, int32, int64", "",
-                "# The counter-based generator of dropout masks, from bpc.ops.nn.",
-                "_M31 = 0x7FFFFFFF", "", inspect.getsource(uniform_hash),
-                "uniform_hash_jit = njit(inline='always', cache=True)(uniform_hash)", ""]
-        out = list(head)
-        for variant, parallel in (("serial", False), ("parallel", True)):
-            options = PARALLEL if parallel else "False"
-            out.append(f"@njit(cache=True, parallel={options}, fastmath={FASTMATH}, error_model='numpy', nogil=True)")
-            out.append(f"def {self.func_name}_{variant}({', '.join(self.args())}):")
-            out.extend(body)
-            out.append("")
-        return "\n".join(out) + "\n"
-
-    def _body(self):
-        p = self.program
-        batched = next(((t, t.shape.index(None)) for t in p.inputs if None in t.shape), None)
-        self.emit(f"N = {self.names[batched[0]]}.shape[{batched[1]}]" if batched else "N = 1", 1)
-        for k in self.plan.kernels:
-            self.emit(f"# {k.describe()}", 1)
-            getattr(self, f"_kernel_{k.form}")(k)
+        # Storage, indexed: the inputs, the leaves (params, state, constants), the buffers.
+        self._storage = {t.id: i for i, t in enumerate(program.inputs)}
+        for n in self.leaves:
+            self._storage[n.id] = len(self._storage)
+        self.n_storage = len(self._storage) + len(plan.buffer_specs)
+        self.kernel_sources = []     # unique kernel modules, in order of first call
+        self.calls = []              # (index into kernel_sources, storage index of each table entry, describe)
+        self._kernel_index = {}
+        for k in plan.kernels:
+            if k.form == "view":     # views are taken inside the kernels that read them
+                continue
+            ops = ", ".join(n.op.name for n in k.nodes)
+            over = f" over {format_shape(k.shape)}" + (f" reducing axes {k.axes}" if k.axes else "") \
+                if k.form == "loop" else ""
+            w = KernelWriter(self, f"{k.form} [{ops}]{over}")
+            getattr(self, f"_kernel_{k.form}")(k, w)
+            self._call(w, k.describe())
         self._copies()
-        self.emit("return 0", 1)
-        return self.lines
+
+    def storage_index(self, n):
+        """Index of the array holding (base, non-view) node n: an input, a leaf or a buffer."""
+        if n.id in self._storage:
+            return self._storage[n.id]
+        return len(self._storage) + self.plan.buffers[n.id]
+
+    def _call(self, w, describe):
+        src = w.module_source()
+        idx = self._kernel_index.setdefault(src, len(self.kernel_sources))
+        if idx == len(self.kernel_sources):
+            self.kernel_sources.append(src)
+        self.calls.append((idx, w.slots, describe))
+
+    def listing(self, module_names):
+        """The step as text: one line per kernel call, for people reading it."""
+        storage = ([self.names[t] for t in self.program.inputs] + [self.names[n] for n in self.leaves]
+                   + [f"b{i}" for i in range(len(self.plan.buffer_specs))])
+        lines = ["# The step: the runner calls these kernels in order (N = batch size).",
+                 "# Workspace buffers: " + ", ".join(f"b{i} {dt.name}{format_shape(s)}"
+                                                     for i, (s, dt) in enumerate(self.plan.buffer_specs))]
+        lines += [f"# {describe}: {module_names[idx]}(N, {', '.join(storage[s] for s in slots)})"
+                  for idx, slots, describe in self.calls]
+        return lines
 
     def _copies(self):
         """Updates not written in place: every new value is computed by now;
@@ -90,43 +189,41 @@ class Generator:
         writes are simultaneous ({A: B, B: A} swaps)."""
         snapshots = self.plan.snapshots
         for value, b in snapshots.values():
-            self._assign(f"b{b}", self.array(value), value.shape)
+            self._copy(("buffer", b, value), value, value.ndim)
         for param, value in self.plan.copies:
             if value.id in self.plan.inline:
-                const = typed_const(self.plan.inline[value.id], param.dtype)
-                self.emit(f"{self.array(param)}[{'()' if not param.shape else ':'}] = {const}", 1)
+                self._copy(param, None, param.ndim, typed_const(self.plan.inline[value.id], param.dtype))
             else:
-                src = f"b{snapshots[value.id][1]}" if value.id in snapshots else self.array(value)
-                self._assign(self.array(param), src, param.shape)
+                src = ("buffer", snapshots[value.id][1], value) if value.id in snapshots else value
+                self._copy(param, src, param.ndim)
 
-    def _assign(self, dst, src, shape):
-        self.emit(f"{dst}[()] = {src}[()]" if not shape else f"{dst}[:] = {src}", 1)
+    def _copy(self, dst, src, ndim, const=None):
+        """dst[...] = src (or the constant), as loops: Numba's slice
+        assignment costs ~0.5 s of compile time per use."""
+        w = KernelWriter(self, f"copy, {ndim}-d" if const is None else f"fill with {const}, {ndim}-d")
+        d = self._copy_operand(w, dst)
+        s = const if const is not None else self._copy_operand(w, src)
+        for a in range(ndim):
+            w.emit(f"for i{a} in {'prange' if a == 0 else 'range'}({d}.shape[{a}]):", a + 1)
+        idx = ", ".join(f"i{a}" for a in range(ndim)) or "()"
+        w.emit(f"{d}[{idx}] = {s if const is not None else f'{s}[{idx}]'}", ndim + 1)
+        self._call(w, "update copy" if const is None else "update fill")
+
+    def _copy_operand(self, w, x):
+        """A node, or ("buffer", b, value): the snapshot buffer b saving value."""
+        if isinstance(x, tuple):
+            _, b, value = x
+            return w.storage(len(self._storage) + b, value.shape, value.dtype)
+        return w.array(x)
 
     # ----- kernels -------------------------------------------------------------
-    def _kernel_view(self, k):
+    def _kernel_matmul(self, k, w):
         n = k.node
-        base = view_chain(n)[-1]
-        if base.id in self.plan.inline:   # a view of an inlined scalar (grad's seed, unoptimized)
-            const = typed_const(self.plan.inline[base.id], base.dtype)
-            self.emit(f"v_{self.names[n]} = np.full({shape_expr(n.shape)}, {const})", 1)
-            return
-        src = self.array(n.inputs[0])
-        if n.op.name == "transpose":
-            axes = n.attrs["axes"]
-            expr = f"{src}.T" if len(axes) == 2 else f"{src}.transpose({axes})"
-        else:
-            base = n.inputs[0]
-            contiguous = not any(x.op is not None and x.op.name == "transpose" for x in view_chain(base))
-            expr = (f"{src}" if contiguous else f"np.ascontiguousarray({src})") + f".reshape({shape_expr(n.shape)})"
-        self.emit(f"v_{self.names[n]} = {expr}", 1)
+        a, b = (self._dot_operand(i, w) for i in n.inputs)
+        w.emit(f"np.dot({a}, {b}, {w.array(n)})", 1)
 
-    def _kernel_matmul(self, k):
-        n = k.node
-        a, b = (self._dot_operand(i) for i in n.inputs)
-        self.emit(f"np.dot({a}, {b}, {self.array(n)})", 1)
-
-    def _dot_operand(self, t):
-        expr = self.array(t)
+    def _dot_operand(self, t, w):
+        expr = w.array(t)
         chain = view_chain(t)
         # BLAS takes C- or F-contiguous operands: a transpose of a contiguous
         # buffer is free; anything stranger is copied once.
@@ -134,44 +231,44 @@ class Generator:
             return f"np.ascontiguousarray({expr})"
         return expr
 
-    def _kernel_size_of(self, k):
+    def _kernel_size_of(self, k, w):
         n = k.node
         dims = [dim_expr(n.inputs[0].shape[a]) for a in n.attrs["axis"]] or ["1"]
-        self.emit(f"{self.array(n)}[()] = {n.dtype.name}({' * '.join(dims)})", 1)
+        w.emit(f"{w.array(n)}[()] = {n.dtype.name}({' * '.join(dims)})", 1)
 
-    def _kernel_random(self, k):
+    def _kernel_random(self, k, w):
         n = k.node
-        out = self.array(n)
-        counter = self.array(n.inputs[0])
+        w.uses_hash = True
+        out, counter = w.array(n), w.array(n.inputs[0])
         total = " * ".join(dim_expr(d) for d in n.shape) or "1"
-        self.emit(f"flat_{self.names[n]} = {out}.reshape(({total},))", 1)
-        self.emit(f"counter_{self.names[n]} = {counter}[()]", 1)
-        self.emit(f"for j in prange({total}):", 1)
-        self.emit(f"flat_{self.names[n]}[j] = {n.dtype.name}(uniform_hash_jit(int64({n.attrs['seed']}), "
-                  f"counter_{self.names[n]}, int64(j)))", 2)
+        w.emit(f"flat = {out}.reshape(({total},))", 1)
+        w.emit(f"counter = {counter}[()]", 1)
+        w.emit(f"for j in prange({total}):", 1)
+        w.emit(f"flat[j] = {n.dtype.name}(uniform_hash_jit(int64({n.attrs['seed']}), counter, int64(j)))", 2)
 
-    def _kernel_argmax(self, k):
+    def _kernel_argmax(self, k, w):
         n = k.node
         x = n.inputs[0]
+        src = w.array(x)
         axis = n.attrs["axis"][0]
         outer = [a for a in range(x.ndim) if a != axis]
         depth = 1
         for j, a in enumerate(outer):
-            self.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({dim_expr(x.shape[a])}):", depth)
+            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({dim_expr(x.shape[a])}):", depth)
             depth += 1
         idx = lambda ax_var: ", ".join(ax_var if a == axis else f"i{a}" for a in range(x.ndim))
-        self.emit(f"best = {self.array(x)}[{idx('0')}]", depth)
-        self.emit("arg = 0", depth)
-        self.emit(f"for r in range(1, {dim_expr(x.shape[axis])}):", depth)
-        self.emit(f"v = {self.array(x)}[{idx('r')}]", depth + 1)
-        self.emit("if v > best or (v != v and best == best):", depth + 1)
-        self.emit("best = v", depth + 2)
-        self.emit("arg = r", depth + 2)
+        w.emit(f"best = {src}[{idx('0')}]", depth)
+        w.emit("arg = 0", depth)
+        w.emit(f"for r in range(1, {dim_expr(x.shape[axis])}):", depth)
+        w.emit(f"v = {src}[{idx('r')}]", depth + 1)
+        w.emit("if v > best or (v != v and best == best):", depth + 1)
+        w.emit("best = v", depth + 2)
+        w.emit("arg = r", depth + 2)
         out_idx = [f"i{a}" if a != axis else "0" for a in range(x.ndim)] if n.attrs["keepdims"] \
             else [f"i{a}" for a in outer]
-        self.emit(f"{self.array(n)}[{', '.join(out_idx) if out_idx else '()'}] = arg", depth)
+        w.emit(f"{w.array(n)}[{', '.join(out_idx) if out_idx else '()'}] = arg", depth)
 
-    def _kernel_loop(self, k):
+    def _kernel_loop(self, k, w):
         shape, axes = k.shape, k.axes
         outer = [a for a in range(len(shape)) if a not in axes]
         inner = list(axes)
@@ -188,46 +285,46 @@ class Generator:
         for m in k.nodes:
             for i in m.inputs:
                 if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
-                    self._value(i, k, ids, loaded, 1)
+                    self._value(i, k, w, ids, loaded, 1)
         depth = 1
         for j, a in enumerate(outer):
-            par = "prange" if j == 0 else "range"
-            self.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
+            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({dim_expr(shape[a])}):", depth)
             depth += 1
         for r in reductions:
-            self.emit(f"acc_{self.names[r]} = {acc_init(r)}", depth)
+            w.emit(f"{w.local(r, 'acc')} = {acc_init(r)}", depth)
         for j, a in enumerate(inner):
             par = "prange" if (j == 0 and not outer and first_parallel) else "range"
-            self.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
+            w.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
             depth += 1
         for m in k.nodes:
             if m.op.iteration == "reduce":
-                x = self._value(m.inputs[0], k, ids, loaded, depth)
-                for rel, line in accumulate(m, f"acc_{self.names[m]}", x):
-                    self.emit(line, depth + rel)
+                x = self._value(m.inputs[0], k, w, ids, loaded, depth)
+                for rel, line in accumulate(m, w.local(m, "acc"), x):
+                    w.emit(line, depth + rel)
                 continue
-            args = [self._value(i, k, ids, loaded, depth) for i in m.inputs]
-            expr = m.op.scalar(ScalarContext(m), *args)
-            self.emit(f"{self.names[m]} = {expr}", depth)
-            if m.id in self.plan.in_place:
-                # Written last: a later member may still read the old value.
-                deferred.append(f"{self.array(m)}[{operand_index(m.shape, shape)}] = {self.names[m]}")
-            elif m.id in stored:
-                self.emit(f"{self.array(m)}[{operand_index(m.shape, shape)}] = {self.names[m]}", depth)
+            args = [self._value(i, k, w, ids, loaded, depth) for i in m.inputs]
+            name = w.local(m)
+            w.emit(f"{name} = {m.op.scalar(ScalarContext(m), *args)}", depth)
+            if m.id in self.plan.in_place or m.id in stored:
+                store = f"{w.array(m)}[{operand_index(m.shape, shape)}] = {name}"
+                if m.id in self.plan.in_place:
+                    deferred.append(store)   # written last: a later member may still read the old value
+                else:
+                    w.emit(store, depth)
         for line in deferred:
-            self.emit(line, depth)
+            w.emit(line, depth)
         depth -= len(inner)
         for r in reductions:
-            final = acc_final(r, f"acc_{self.names[r]}")
-            self.emit(f"{self.array(r)}[{reduced_index(r, shape)}] = {final}", depth)
+            final = acc_final(r, w.local(r, "acc"))
+            w.emit(f"{w.array(r)}[{reduced_index(r, shape)}] = {final}", depth)
 
-    def _value(self, t, k, ids, loaded, depth):
+    def _value(self, t, k, w, ids, loaded, depth):
         if t.id in ids:
-            return self.names[t]
+            return w.local(t)
         if t.id in self.plan.inline:
             return typed_const(self.plan.inline[t.id], t.dtype)
         if t.id not in loaded:
-            name = f"x_{self.names[t]}"
-            self.emit(f"{name} = {self.array(t)}[{operand_index(t.shape, k.shape)}]", depth)
+            name = w.local(t, "x")
+            w.emit(f"{name} = {w.array(t)}[{operand_index(t.shape, k.shape)}]", depth)
             loaded[t.id] = name
         return loaded[t.id]
