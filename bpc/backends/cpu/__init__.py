@@ -120,7 +120,7 @@ class CpuBackend(CompiledBackend):
         # Addresses of every storage; inputs' are written by the runner on each call.
         storage = [0] * len(self.program.inputs) + [a.ctypes.data for a in self._leaf_values + bufs]
         table = np.array([storage[s] for s in self._entries], dtype=np.int64)
-        return bufs, "parallel" if parallel else "serial", table
+        return [bufs, "parallel" if parallel else "serial", table, True]
 
     def _kernel_addresses(self, variant):
         if variant not in self._fns:
@@ -134,15 +134,21 @@ class CpuBackend(CompiledBackend):
         return self._fns[variant]
 
     def run(self, workspace, arrays, batch):
-        bufs, variant, table = workspace
-        fns = self._kernel_addresses(variant)
+        bufs, variant, table, _ = workspace
+        fns = self._fns.get(variant)
+        if fns is None:
+            fns = self._kernel_addresses(variant)
         if residency.any_device_copies():   # a device step may have written a leaf last
             residency.host_arrays(self._leaves)
         runner = self._runner_module.run
-        compiled = len(runner.signatures)
-        runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
-        if len(runner.signatures) > compiled and sum(runner.stats.cache_misses.values()):
-            record_compiled(self._runner_path)   # a new specialization was compiled and cached
+        if workspace[3]:   # this workspace's first call: the runner may compile
+            compiled = len(runner.signatures)
+            runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
+            if len(runner.signatures) > compiled and sum(runner.stats.cache_misses.values()):
+                record_compiled(self._runner_path)   # a new specialization was compiled and cached
+            workspace[3] = False
+        else:
+            runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
         if residency.any_device_copies():
             residency.host_written(self._written)
         return variant
