@@ -64,7 +64,7 @@ def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
     assert len(step.backend.plan.in_place) == 6 and not step.backend.plan.copies
     src = step.source
     modules = step.backend.kernel_sources
-    assert src.count("def serial(N, p):") == src.count("def parallel(N, p):") == len(modules)
+    assert src.count("def serial(N, p, d):") == src.count("def parallel(N, p, d):") == len(modules)
     assert "prange" in src and "np.dot" in src and "# k0_" in src
     # One module per kernel structure: the hidden layers' identical kernels
     # (bias + ReLU, the ReLU mask product...) and all SGD updates of one

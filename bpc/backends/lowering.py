@@ -68,9 +68,10 @@ def dim_expr(d):
     return "N" if d is None else str(d)
 
 
-def shape_expr(shape):
-    return "(" + "".join(dim_expr(d) + ", " for d in shape).rstrip(" ") + ")" if len(shape) != 1 \
-        else f"({dim_expr(shape[0])},)"
+def shape_expr(shape, dim=dim_expr):
+    """Source for a shape tuple; `dim` writes each size."""
+    return "(" + "".join(dim(d) + ", " for d in shape).rstrip(" ") + ")" if len(shape) != 1 \
+        else f"({dim(shape[0])},)"
 
 
 def operand_axes(tshape, shape):

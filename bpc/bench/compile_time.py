@@ -71,18 +71,17 @@ def build(case):
         hidden, features = 32, 16
         xs = [bpc.input(f"x{t}", (None, features)) for t in range(n)]
         y = bpc.input("y", (None,), dtype="int64")
-        Wx = bpc.param("Wx", (features, 4 * hidden), init="glorot_uniform", seed=0)
-        Wh = bpc.param("Wh", (hidden, 4 * hidden), init="glorot_uniform", seed=1)
-        b = bpc.param("b", (4 * hidden,), init="zeros")
+        gates = [(bpc.param(f"Wx{k}", (features, hidden), init="glorot_uniform", seed=j),
+                  bpc.param(f"Wh{k}", (hidden, hidden), init="glorot_uniform", seed=10 + j),
+                  bpc.param(f"b{k}", (hidden,), init="zeros")) for j, k in enumerate("ifgo")]
         Wo = bpc.param("Wo", (hidden, 10), init="glorot_uniform", seed=2)
         h = c = None
         for t in range(n):
-            z = xs[t] @ Wx + b if h is None else xs[t] @ Wx + h @ Wh + b
-            i, f_, g, o = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
+            i, f_, g, o = (xs[t] @ Wx + b if h is None else xs[t] @ Wx + h @ Wh + b for Wx, Wh, b in gates)
             c = bpc.sigmoid(i) * bpc.tanh(g) if c is None else bpc.sigmoid(f_) * c + bpc.sigmoid(i) * bpc.tanh(g)
             h = bpc.sigmoid(o) * bpc.tanh(c)
         loss = bpc.softmax_cross_entropy(h @ Wo, y)
-        params = [Wx, Wh, b, Wo]
+        params = [p for gate in gates for p in gate] + [Wo]
         f = bpc.function(xs + [y], loss, updates=bpc.optim.Adam(1e-3).updates(loss, params))
         return f, tuple(rng.normal(size=(32, features)).astype(np.float32) for _ in range(n)) + (
             rng.integers(0, 10, 32),)
@@ -112,8 +111,12 @@ def run_case(case, cache, timeout):
     env = dict(os.environ, BPC_CACHE_DIR=cache)
     p = subprocess.run([sys.executable, "-c", boot], env=env, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
-        raise RuntimeError(f"{case}: the benchmark process failed:\n{p.stderr[-2000:]}")
+        raise BenchCaseError(f"{case}: the benchmark process failed: {p.stderr.strip().splitlines()[-1]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+class BenchCaseError(RuntimeError):
+    pass
 
 
 def run(cases=DEFAULT_CASES, timeout=1800, progress=True):
@@ -132,9 +135,11 @@ def run(cases=DEFAULT_CASES, timeout=1800, progress=True):
             bar and bar.update()
             warm = run_case(case, cache, timeout)
             bar and bar.update()
+            rows.append({"case": case, "cold": cold, "warm": warm})
+        except (BenchCaseError, subprocess.TimeoutExpired) as e:
+            rows.append({"case": case, "error": str(e)})
         finally:
             shutil.rmtree(cache, ignore_errors=True)
-        rows.append({"case": case, "cold": cold, "warm": warm})
     bar and bar.close()
     return {"machine": machine_info(), "load_average": load_average(), "results": rows,
             "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "default")}
@@ -144,6 +149,9 @@ def format_table(report):
     lines = [f"{'case':12} {'cold':>8} {'build':>7} {'1st call':>9} {'numba':>7} {'llvm':>6} "
              f"{'kernels':>8} {'warm':>7} {'warm 1st':>9}"]
     for r in report["results"]:
+        if "error" in r:
+            lines.append(f"{r['case']:12} failed: {r['error']}")
+            continue
         c, w = r["cold"], r["warm"]
         lines.append(f"{r['case']:12} {c['total_s']:7.2f}s {c['build_s']:6.2f}s {c['first_call_s']:8.2f}s "
                      f"{c['numba_s']:6.2f}s {c['llvm_s']:5.2f}s {c['kernel_modules']:8d} {w['total_s']:6.2f}s "
@@ -165,7 +173,7 @@ def plot(report, path):
     for ax, kind, label in ((axes[0], "mlp", "hidden layers (tanh MLP, Adam)"),
                             (axes[1], "chain", "elementwise ops in a chain")):
         pts = [(int(r["case"].split(":")[1]), r["cold"]["total_s"], r["warm"]["total_s"])
-               for r in report["results"] if r["case"].startswith(kind + ":")]
+               for r in report["results"] if r["case"].startswith(kind + ":") and "error" not in r]
         if not pts:
             ax.set_visible(False)
             continue

@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 
 from ..graph.traverse import topo_sort, consumers
 
+# Numba's compile time grows faster than a function's size: a loop body of
+# 90 nodes with 30 reductions took 1.6 s, 200 such reductions ~20 s. Longer
+# chains are split into kernels of this size (their boundary values go
+# through a buffer); identical pieces then share one compiled kernel.
+MAX_KERNEL_NODES = 64
+MAX_KERNEL_REDUCTIONS = 8
+
 LOOP_OPS_OTHER = {"random_uniform": "random", "size_of": "size_of", "argmax": "argmax",
                   "matmul": "matmul", "transpose": "view", "reshape": "view"}
 
@@ -104,9 +111,13 @@ class _Groups:
         return seen
 
     def legal(self, cands, n):
-        """Can the groups `cands` and node n form one kernel without a cycle?
-        A cycle exists iff some input read from outside depends on them."""
+        """Can the groups `cands` and node n form one kernel: small enough to
+        compile quickly, and without a cycle? A cycle exists iff some input
+        read from outside depends on them."""
         members = [m for c in cands for m in self.members[c]] + [n]
+        if len(members) > MAX_KERNEL_NODES or \
+                sum(m.op.iteration == "reduce" for m in members) > MAX_KERNEL_REDUCTIONS:
+            return False
         member_ids = {m.id for m in members}
         outside = set()
         for m in members:
@@ -266,7 +277,10 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids):
         k = kernel_of_node.get(value.id)
         ok = (k is not None and k.form == "loop" and value.op.iteration == "elementwise"
               and value.shape == param.shape == k.shape and value.id not in output_ids
-              and param.id not in output_ids and update_counts[value.id] == 1 and not users[value.id])
+              and param.id not in output_ids and update_counts[value.id] == 1
+              # Members of k that read the new value read it at the same
+              # element, from a local: Adam's m' and v' feed the param's update.
+              and all(kernel_of_node.get(u.id) is k for u in users[value.id]))
         if ok:
             # The param may be read inside k only at the iteration index.
             for m in k.nodes:

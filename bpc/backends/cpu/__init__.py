@@ -65,7 +65,7 @@ def kernel(module, path, variant):
         llvm = []
         t0 = time.perf_counter()
         with event.install_timer("numba:llvm_lock", llvm.append):
-            f = cfunc(types.void(types.int64, types.CPointer(types.voidptr)), cache=True,
+            f = cfunc(types.void(types.int64, types.CPointer(types.voidptr), types.CPointer(types.int64)), cache=True,
                       fastmath=set(FASTMATH_FLAGS), error_model="numpy", nogil=True)(getattr(module, variant))
         info = KernelCompile(module.__name__, variant, "cache hit" if f.cache_hits else "compiled",
                              time.perf_counter() - t0, sum(llvm))
@@ -96,16 +96,19 @@ class CpuBackend(CompiledBackend):
         self.codegen_seconds = time.perf_counter() - t0
         # The call table: each kernel's entries, one after another.
         self._starts = np.zeros(len(gen.calls), dtype=np.int64)
-        entries = []
-        for i, (_, slots, _) in enumerate(gen.calls):
-            self._starts[i] = len(entries)
+        self._size_starts = np.zeros(len(gen.calls), dtype=np.int64)
+        entries, sizes = [], []
+        for i, (_, slots, kernel_sizes, _) in enumerate(gen.calls):
+            self._starts[i], self._size_starts[i] = len(entries), len(sizes)
             entries.extend(slots)
+            sizes.extend(kernel_sizes)
         self._entries = np.array(entries, dtype=np.int64)
+        self._sizes = np.array(sizes, dtype=np.int64)
         n_in = len(program.inputs)
         in_slots = [[j for j, s in enumerate(entries) if s == i] for i in range(n_in)]
         self._slots = np.array([j for js in in_slots for j in js], dtype=np.int64)
         self._slot_starts = np.cumsum([0] + [len(js) for js in in_slots]).astype(np.int64)
-        self._calls = [idx for idx, _, _ in gen.calls]
+        self._calls = [idx for idx, _, _, _ in gen.calls]
         self._fns = {}          # variant -> int64 array of kernel addresses, in call order
         self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
         self._leaves = gen.leaves
@@ -143,12 +146,14 @@ class CpuBackend(CompiledBackend):
         runner = self._runner_module.run
         if workspace[3]:   # this workspace's first call: the runner may compile
             compiled = len(runner.signatures)
-            runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
+            runner(batch, fns, self._starts, table, self._sizes, self._size_starts, self._slots,
+                   self._slot_starts, *arrays)
             if len(runner.signatures) > compiled and sum(runner.stats.cache_misses.values()):
                 record_compiled(self._runner_path)   # a new specialization was compiled and cached
             workspace[3] = False
         else:
-            runner(batch, fns, self._starts, table, self._slots, self._slot_starts, *arrays)
+            runner(batch, fns, self._starts, table, self._sizes, self._size_starts, self._slots,
+                   self._slot_starts, *arrays)
         if residency.any_device_copies():
             residency.host_written(self._written)
         return variant

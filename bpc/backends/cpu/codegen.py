@@ -3,13 +3,17 @@ structure, called in order by a runner that every step shares.
 
 Each planned kernel (a fused loop nest, a matrix product, a copy...) is
 written as a function in a module of its own, with names that depend on
-nothing but the kernel. It takes the batch size `N` and a table of
-addresses (`runner.py`); its prologue makes an array of each address
-(`carray`, with the shape and dtype the plan gave that buffer; every size
-but `N` a constant), then takes the views (transpose, reshape) it reads.
-Its locals are numbered within it. So its source, and with it the cache
-key (`cache.py`), is a function of the kernel's structure alone (ops,
-attributes, dtypes, ranks, static sizes, which operands are the same
+nothing but the kernel. It takes the batch size `N`, a table of
+addresses and a table of sizes (`runner.py`); its prologue makes an array
+of each address (`carray`, with the shape and dtype the plan gave that
+buffer), then takes the views (transpose, reshape) it reads. Loop kernels
+have their sizes in the source (LLVM unrolls and vectorizes short static
+loops); kernels without loops of their own (matrix products, copies) read
+theirs from the table (`s0, s1, ...`; size 1 stays in the source, as it
+decides broadcasting), so one compiled function serves every shape.
+Locals are numbered within the kernel. So its source, and with it the
+cache key (`cache.py`), is a function of the kernel's structure alone
+(ops, attributes, dtypes, ranks, static sizes, which operands are the same
 array): the identical hidden layers of an MLP run one compiled function,
 shared with every other step and process that needs it, and Numba
 compiles a handful of small functions instead of one function that grows
@@ -46,10 +50,12 @@ class KernelWriter:
     first use (an array used twice is one entry), and nodes become locals
     numbered in order of first use."""
 
-    def __init__(self, gen, describe):
+    def __init__(self, gen, describe, sizes_at_run_time=False):
         self.gen = gen
         self.describe = describe
+        self.sizes_at_run_time = sizes_at_run_time
         self.slots = []         # storage index of each table entry
+        self.sizes = []         # the value of each s{k}, read from the sizes table
         self._slot_of = {}
         self._arrays = {}
         self._locals = {}
@@ -78,7 +84,7 @@ class KernelWriter:
             j = len(self.slots)
             self._slot_of[index] = f"a{j}"
             self.slots.append(index)
-            self.entry_args.append(f"carray(p[{j}], {shape_expr(shape)}, np.{dtype.name})")
+            self.entry_args.append(f"carray(p[{j}], {self.shape(shape)}, np.{dtype.name})")
         return self._slot_of[index]
 
     def _view(self, n):
@@ -86,7 +92,7 @@ class KernelWriter:
         name = self.local(n, "v")
         if base.id in self.gen.plan.inline:   # a view of an inlined scalar (grad's seed, unoptimized)
             const = typed_const(self.gen.plan.inline[base.id], base.dtype)
-            self.prologue.append(f"{name} = np.full({shape_expr(n.shape)}, {const})")
+            self.prologue.append(f"{name} = np.full({self.shape(n.shape)}, {const})")
             return name
         src = self.array(n.inputs[0])
         if n.op.name == "transpose":
@@ -94,9 +100,22 @@ class KernelWriter:
             expr = f"{src}.T" if len(axes) == 2 else f"{src}.transpose({axes})"
         else:
             contiguous = not any(x.op is not None and x.op.name == "transpose" for x in view_chain(n.inputs[0]))
-            expr = (f"{src}" if contiguous else f"np.ascontiguousarray({src})") + f".reshape({shape_expr(n.shape)})"
+            expr = (f"{src}" if contiguous else f"np.ascontiguousarray({src})") + f".reshape({self.shape(n.shape)})"
         self.prologue.append(f"{name} = {expr}")
         return name
+
+    def dim(self, d):
+        """Source for one size: N (the batch size), a constant, or (with
+        sizes_at_run_time) the next entry s{k} of the sizes table."""
+        if d is None:
+            return "N"
+        if not self.sizes_at_run_time or d == 1:
+            return str(d)
+        self.sizes.append(d)
+        return f"s{len(self.sizes) - 1}"
+
+    def shape(self, shape):
+        return shape_expr(shape, self.dim)
 
     def local(self, node, prefix="t"):
         key = (prefix, node.id)
@@ -118,15 +137,17 @@ class KernelWriter:
                     "_M31 = 0x7FFFFFFF", "", inspect.getsource(uniform_hash),
                     "uniform_hash_jit = njit(inline='always')(uniform_hash)", ""]
         # serial: the C entry point itself makes arrays of the table's addresses and runs the body.
+        sizes = [f"    s{k} = d[{k}]" for k in range(len(self.sizes))]
         arrays = [f"    a{j} = {a}" for j, a in enumerate(self.entry_args)]
         body = ["    " + line for line in self.prologue] + self.lines
-        out += ["def serial(N, p):"] + arrays + body + [""]
+        out += ["def serial(N, p, d):"] + sizes + arrays + body + [""]
         # parallel: Numba's parallel lowering gave wrong results inside a C
         # entry point, so the entry calls a parallel function with the arrays.
-        params = ", ".join(["N"] + [f"a{j}" for j in range(len(self.slots))])
+        names = ["N"] + [f"s{k}" for k in range(len(self.sizes))]
+        params = ", ".join(names + [f"a{j}" for j in range(len(self.slots))])
         out += [f"@njit(parallel={PARALLEL}, fastmath={FASTMATH}, error_model='numpy', nogil=True, "
                 "no_cpython_wrapper=True)", f"def parallel_body({params}):"] + body + [""]
-        out += ["def parallel(N, p):", f"    parallel_body({', '.join(['N'] + self.entry_args)})", ""]
+        out += ["def parallel(N, p, d):"] + sizes + [f"    parallel_body({', '.join(names + self.entry_args)})", ""]
         return "\n".join(out) + "\n"
 
 
@@ -146,7 +167,8 @@ class Generator:
             self._storage[n.id] = len(self._storage)
         self.n_storage = len(self._storage) + len(plan.buffer_specs)
         self.kernel_sources = []     # unique kernel modules, in order of first call
-        self.calls = []              # (index into kernel_sources, storage index of each table entry, describe)
+        self.calls = []              # (index into kernel_sources, storage index of each table entry,
+        #                               the sizes it reads, describe)
         self._kernel_index = {}
         for k in plan.kernels:
             if k.form == "view":     # views are taken inside the kernels that read them
@@ -154,7 +176,7 @@ class Generator:
             ops = ", ".join(n.op.name for n in k.nodes)
             over = f" over {format_shape(k.shape)}" + (f" reducing axes {k.axes}" if k.axes else "") \
                 if k.form == "loop" else ""
-            w = KernelWriter(self, f"{k.form} [{ops}]{over}")
+            w = KernelWriter(self, f"{k.form} [{ops}]{over}", sizes_at_run_time=k.form == "matmul")
             getattr(self, f"_kernel_{k.form}")(k, w)
             self._call(w, k.describe())
         self._copies()
@@ -170,7 +192,7 @@ class Generator:
         idx = self._kernel_index.setdefault(src, len(self.kernel_sources))
         if idx == len(self.kernel_sources):
             self.kernel_sources.append(src)
-        self.calls.append((idx, w.slots, describe))
+        self.calls.append((idx, w.slots, w.sizes, describe))
 
     def listing(self, module_names):
         """The step as text: one line per kernel call, for people reading it."""
@@ -180,7 +202,7 @@ class Generator:
                  "# Workspace buffers: " + ", ".join(f"b{i} {dt.name}{format_shape(s)}"
                                                      for i, (s, dt) in enumerate(self.plan.buffer_specs))]
         lines += [f"# {describe}: {module_names[idx]}(N, {', '.join(storage[s] for s in slots)})"
-                  for idx, slots, describe in self.calls]
+                  + (f" sizes {sizes}" if sizes else "") for idx, slots, sizes, describe in self.calls]
         return lines
 
     def _copies(self):
@@ -200,7 +222,8 @@ class Generator:
     def _copy(self, dst, src, ndim, const=None):
         """dst[...] = src (or the constant), as loops: Numba's slice
         assignment costs ~0.5 s of compile time per use."""
-        w = KernelWriter(self, f"copy, {ndim}-d" if const is None else f"fill with {const}, {ndim}-d")
+        w = KernelWriter(self, f"copy, {ndim}-d" if const is None else f"fill with {const}, {ndim}-d",
+                         sizes_at_run_time=True)
         d = self._copy_operand(w, dst)
         s = const if const is not None else self._copy_operand(w, src)
         for a in range(ndim):

@@ -1,8 +1,10 @@
 """The step runner: one small compiled loop that calls a step's kernels.
 
-Every kernel is a C callback with one signature, `void(int64 N, void **args)`
-(`KERNEL_SIGNATURE`): the batch size and a pointer into a table of the
-addresses of the arrays it reads and writes. So one runner serves every
+Every kernel is a C callback with one signature,
+`void(int64 N, void **arrays, int64 *sizes)`: the batch size, a pointer
+into a table of the addresses of the arrays it reads and writes, and one
+into a table of the sizes it reads (kernels without loops of their own
+take their sizes at run time, so one serves every shape). So one runner serves every
 step: it writes the addresses of this call's inputs into the table, then
 calls each kernel through its address, in order. A step is one native
 call from Python, and nothing is compiled per step (a compiled function
@@ -23,24 +25,26 @@ from numba.extending import intrinsic
 
 
 @intrinsic
-def call_kernel(typingctx, fn, n, table, start):
-    """Call the C function at address `fn` as void(int64, void**) with `n`
-    and the address of table[start]."""
+def call_kernel(typingctx, fn, n, table, start, sizes, size_start):
+    """Call the C function at address `fn` as void(int64, void**, int64*)
+    with `n`, the address of table[start] and that of sizes[size_start]."""
     def codegen(context, builder, signature, args):
-        fn_addr, n_value, table_value, start_value = args
-        table_array = context.make_array(signature.args[2])(context, builder, table_value)
-        slot = builder.gep(table_array.data, [start_value])
+        fn_addr, n_value, table_value, start_value, sizes_value, size_start_value = args
+        table_data = context.make_array(signature.args[2])(context, builder, table_value).data
+        sizes_data = context.make_array(signature.args[4])(context, builder, sizes_value).data
         voidpp = ir.IntType(8).as_pointer().as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64), voidpp])
-        builder.call(builder.inttoptr(fn_addr, fnty.as_pointer()), [n_value, builder.bitcast(slot, voidpp)])
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64), voidpp, sizes_data.type])
+        builder.call(builder.inttoptr(fn_addr, fnty.as_pointer()),
+                     [n_value, builder.bitcast(builder.gep(table_data, [start_value]), voidpp),
+                      builder.gep(sizes_data, [size_start_value])])
         return context.get_dummy_value()
-    return types.void(fn, n, table, start), codegen
+    return types.void(fn, n, table, start, sizes, size_start), codegen
 
 
 @njit(cache=True, nogil=True)
-def run(N, fns, starts, table, slots, slot_starts{inputs}):
+def run(N, fns, starts, table, sizes, size_starts, slots, slot_starts{inputs}):
 {fill}    for k in range(fns.shape[0]):
-        call_kernel(fns[k], N, table, starts[k])
+        call_kernel(fns[k], N, table, starts[k], sizes, size_starts[k])
     return 0
 '''
 
