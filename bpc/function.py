@@ -285,6 +285,15 @@ class Function:
                          f"{len(plan.buffer_specs)} workspace buffers; "
                          f"{len(plan.in_place)} updates written in place")
             lines += [f"  {k.describe()}" for k in plan.kernels]
+        for variant, compiles in getattr(self.backend, "compiles", {}).items():
+            done = [c for c in compiles if c.how in ("compiled", "helper")]
+            lines.append(f"{variant} kernels: {len(compiles)} distinct; {len(done)} compiled "
+                         f"({sum(c.how == 'helper' for c in done)} by helper processes), "
+                         f"{sum(c.how == 'cache hit' for c in compiles)} loaded from the cache, "
+                         f"{sum(c.how == 'shared' for c in compiles)} already loaded by another function; "
+                         f"{sum(c.seconds for c in compiles):.2f} s here "
+                         f"(LLVM {sum(c.llvm_seconds for c in compiles):.2f} s)")
+            lines += [f"  {c.describe()}" for c in compiles]
         return "\n".join(lines)
 
     def __repr__(self):

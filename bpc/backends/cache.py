@@ -144,6 +144,14 @@ def record_compiled(path):
                    "the next process recompiles it")
 
 
+def has_compiled(path, function):
+    """Whether Numba's cache holds an index for `function` of the module at
+    `path` (a hint: its entries are checked when loaded)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return any(os.path.basename(f).startswith(f"{stem}.{function}-") and f.endswith(".nbi")
+               for f in _compiled_files(path))
+
+
 def verify_compiled(path):
     """Delete the module's Numba cache files unless each matches the hash bpc
     recorded for it (a corrupt, truncated or unrecorded file, or something

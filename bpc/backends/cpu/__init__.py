@@ -24,7 +24,8 @@ from ...ops.core import resolve
 from .. import threads
 from .. import residency
 from ..base import CompiledBackend
-from ..cache import load_module, record_compiled
+from ..cache import has_compiled, load_module, record_compiled, verify_compiled
+from . import workers
 from .codegen import Generator, KERNEL_PREFIX, FASTMATH_FLAGS
 from .runner import RUNNER_PREFIX, runner_source
 
@@ -38,9 +39,19 @@ class KernelCompile:
     """How one kernel variant came to be callable in this process."""
     module: str
     variant: str
-    how: str               # "compiled", "cache hit" (Numba's disk cache) or "shared" (already in this process)
+    how: str               # "compiled", "helper" (compiled by a helper process, then loaded),
+    #                        "cache hit" (Numba's disk cache) or "shared" (already in this process)
     seconds: float = 0.0   # wall time to compile or load
     llvm_seconds: float = 0.0   # of which in LLVM (optimization, machine code)
+
+    def describe(self):
+        what = {"compiled": "compiled", "helper": "loaded (compiled by a helper process)",
+                "cache hit": "loaded cached", "shared": "reused"}[self.how]
+        line = f"{what} kernel {self.module} ({self.variant})"
+        if self.how == "compiled":
+            return line + (f" in {self.seconds:.3f} s (Numba typing and lowering "
+                           f"{self.seconds - self.llvm_seconds:.3f} s, LLVM {self.llvm_seconds:.3f} s)")
+        return line + (f" in {self.seconds:.3f} s" if self.how != "shared" else "")
 
 
 _kernels = {}    # (module name, variant) -> (numba CFunc, KernelCompile): process-wide
@@ -125,14 +136,39 @@ class CpuBackend(CompiledBackend):
         table = np.array([storage[s] for s in self._entries], dtype=np.int64)
         return [bufs, "parallel" if parallel else "serial", table, True]
 
+    def _compile(self, variant):
+        """(callback, KernelCompile) of each kernel module, in order; new
+        kernels are shared out with helper processes where that pays."""
+        new = [i for i, (m, path) in enumerate(self.kernel_modules)
+               if (m.__name__, variant) not in _kernels and not has_compiled(path, variant)]
+        count = workers.helper_count(len(new))
+        if not count:
+            return [kernel(module, path, variant) for module, path in self.kernel_modules]
+        helpers = workers.Helpers(count, variant, [(i, self.kernel_sources[i]) for i in new], KERNEL_PREFIX)
+        results = {}
+        try:
+            for i in new:
+                if helpers.claim(i):
+                    results[i] = kernel(*self.kernel_modules[i], variant)
+        finally:
+            by_helpers = helpers.finish()
+        for i, (module, path) in enumerate(self.kernel_modules):
+            if i not in results:
+                if i in by_helpers:
+                    verify_compiled(path)
+                f, info = kernel(module, path, variant)   # compiles itself what a failed helper left
+                if i in by_helpers and info.how == "cache hit":
+                    info.how = "helper"
+                results[i] = (f, info)
+        return [results[i] for i in range(len(self.kernel_modules))]
+
     def _kernel_addresses(self, variant):
         if variant not in self._fns:
-            compiled = [kernel(module, path, variant) for module, path in self.kernel_modules]
+            compiled = self._compile(variant)
             self.compiles[variant] = [info for _, info in compiled]
             for info in self.compiles[variant]:
                 if info.how != "shared":
-                    log.info("bpc: %s kernel %s (%s) in %.2f s%s", info.how, info.module, variant, info.seconds,
-                             f" (LLVM {info.llvm_seconds:.2f} s)" if info.how == "compiled" else "")
+                    log.info("bpc: %s", info.describe())
             self._fns[variant] = np.array([compiled[i][0].address for i in self._calls], dtype=np.int64)
         return self._fns[variant]
 
@@ -159,7 +195,7 @@ class CpuBackend(CompiledBackend):
         return variant
 
     def compiled_from_cache(self, variant):
-        return all(info.how != "compiled" for info in self.compiles.get(variant, ()))
+        return all(info.how in ("cache hit", "shared") for info in self.compiles.get(variant, ()))
 
     def buffer_value(self, workspace, node, batch):
         return workspace[0][self.plan.buffers[node.id]]
