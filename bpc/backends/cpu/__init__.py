@@ -151,7 +151,7 @@ class CpuBackend(CompiledBackend):
                 if helpers.claim(i):
                     results[i] = kernel(*self.kernel_modules[i], variant)
         finally:
-            by_helpers = helpers.finish()
+            by_helpers = helpers.finish([i for i in new if i not in results])
         for i, (module, path) in enumerate(self.kernel_modules):
             if i not in results:
                 if i in by_helpers:
