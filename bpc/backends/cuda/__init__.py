@@ -53,15 +53,19 @@ def check_available():
 
 
 def generate(program, plan, tile):
-    """(generator, source) of a program's plan for a matmul tile edge; needs
-    no device."""
-    simulator = simulator_enabled()
-    gen = Generator(program, plan, tile, simulator)
-    source = gen.source()
-    import numba_cuda
-    mode = "simulator" if simulator else "gpu"
-    source = f"# numba-cuda {numba_cuda.__version__}, built for the {mode}\n" + source
-    return gen, source
+    """(generator, listing) of a program's plan for a matmul tile edge: the
+    generator holds the kernel modules' sources (`kernel_sources`) and the
+    launches (`specs`); needs no device."""
+    gen = Generator(program, plan, tile, simulator_enabled())
+    return gen, gen.source()
+
+
+def load_kernels(gen):
+    """[(module, path)] of each of the generator's kernel modules."""
+    return [load_module(src, "cuda", KERNEL_PREFIX)[:2] for src in gen.kernel_sources]
+
+
+KERNEL_PREFIX = "bpc_cuda_kernel"
 
 
 class CudaBackend(CompiledBackend):
@@ -74,13 +78,18 @@ class CudaBackend(CompiledBackend):
         self.simulator = simulator_enabled()
         self.limits = default_limits(self.simulator, **limits)
         super().__init__(program)
-        gen, self.source = generate(program, self.plan, self.limits.tile)
+        t0 = time.perf_counter()
+        gen, listing = generate(program, self.plan, self.limits.tile)
         self.legend = gen.names.legend()
         self.specs = gen.specs
-        t0 = time.perf_counter()
-        self.module, self.path, self.key = load_module(self.source, "cuda", "bpc_cuda")
+        self.kernel_modules = load_kernels(gen)
+        self.kernel_sources = gen.kernel_sources
+        names = [m.__name__ for m, _ in self.kernel_modules]
+        self.source = listing + "\n" + "\n".join(f"# ----- module {i}: {name}.py\n{src}" for i, (name, src)
+                                                 in enumerate(zip(names, gen.kernel_sources)))
+        self.key = "".join(name[len(KERNEL_PREFIX) + 1:] for name in names)[:64] or "no-kernels"
         self.codegen_seconds = time.perf_counter() - t0
-        self.kernels = [getattr(self.module, s.name) for s in self.specs]
+        self.kernels = [self.kernel_modules[s.module][0].kernel for s in self.specs]
         self._leaves = gen.leaves
         self._leaf_args = {gen.storage(n): n for n in gen.leaves}
         self._inputs = {gen.names[t]: i for i, t in enumerate(program.inputs)}
@@ -133,7 +142,8 @@ class CudaBackend(CompiledBackend):
                 kernel[config](*args)
         residency.device_written(self._written)
         if "kernels" not in self.compile_seconds and not self.simulator:
-            record_compiled(self.path)
+            for _, path in self.kernel_modules:
+                record_compiled(path)
         return "kernels"
 
     @contextmanager

@@ -48,19 +48,19 @@ def kernel_signature(spec):
 def compile_program(program, cc=(9, 0), tile=16):
     """{kernel name: (spec, PTX text)} for every kernel of a program."""
     from numba import cuda
-    from . import generate, simulator_enabled
-    from ..cache import load_module
+    from . import generate, load_kernels, simulator_enabled
     from ...passes.fuse import plan as make_plan
     if simulator_enabled():
         raise RuntimeError("compile_program needs the real numba.cuda: run it in a process "
                            "without NUMBA_ENABLE_CUDASIM")
-    gen, source = generate(program, make_plan(program), tile)
-    module, _, _ = load_module(source, "cuda", "bpc_cuda")
-    out = {}
-    for spec in gen.specs:
-        fn = getattr(module, spec.name).py_func
-        ptx, _ = cuda.compile_ptx(fn, kernel_signature(spec), cc=cc)
-        out[spec.name] = (spec, ptx)
+    gen, _ = generate(program, make_plan(program), tile)
+    modules = load_kernels(gen)
+    out, compiled = {}, {}
+    for spec in gen.specs:   # each module once per signature (kernels shared by launches compile once)
+        key = (spec.module, kernel_signature(spec))
+        if key not in compiled:
+            compiled[key], _ = cuda.compile_ptx(modules[spec.module][0].kernel.py_func, key[1], cc=cc)
+        out[spec.name] = (spec, compiled[key])
     return out
 
 
