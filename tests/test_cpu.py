@@ -251,3 +251,16 @@ def test_helpers_start_only_where_they_pay(monkeypatch, tmp_path):
     assert workers.helper_count(100) == 0
     monkeypatch.setenv("BPC_COMPILE_WORKERS", "many")
     assert workers.helper_count(100) == 0
+
+
+def test_compile_time_study_cold_compiles_and_warm_loads(tmp_path):
+    """The compile-time benchmark's two fresh processes: the cold one
+    compiles every kernel, the warm one (same cache) compiles none."""
+    from bpc.bench import compile_time
+    report = compile_time.run(["chain:4"], timeout=300, progress=False)
+    (row,) = report["results"]
+    assert "error" not in row, row
+    cold, warm = row["cold"], row["warm"]
+    assert cold["kernel_modules"] >= 1 and cold["compiled"] == cold["kernel_modules"]
+    assert warm["compiled"] == 0 and warm["kernel_modules"] == cold["kernel_modules"]
+    assert "chain:4" in compile_time.format_table(report)

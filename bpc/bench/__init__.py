@@ -1,6 +1,7 @@
-"""bpc's benchmarks, part of the installed package (`bpc bench` runs them).
+"""bpc's benchmarks, part of the installed package (`bpc bench` runs the
+first two).
 
-Two studies, each runnable as a module:
+Three studies, each runnable as a module:
 
   mlp_step    one SGD training step of an MLP: interpreted vs compiled, cold
               compile, warm start, GEMM-only bound, and NumPy / PyTorch /
@@ -8,6 +9,9 @@ Two studies, each runnable as a module:
   scaling     interpreted, compiled and GEMM-only step time as the batch and
               the width grow, with the crossovers where BLAS takes over
               (`python -m bpc.bench.scaling`)
+  compile_time  cold and warm start of the first step: deep MLPs, long
+              chains, many params, an unrolled LSTM
+              (`python -m bpc.bench.compile_time`)
 
 built from, in reading order:
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import CompileError
 from ...ops.core import resolve
 from .. import threads
 from .. import residency
@@ -124,6 +125,12 @@ class CpuBackend(CompiledBackend):
         self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
         self._leaves = gen.leaves
         self._leaf_values = [t._value for t in gen.leaves]   # assignments copy into these arrays
+        for t, v in zip(self._leaves, self._leaf_values):
+            # Kernels read leaves by address, as C-ordered arrays of the planned shape and dtype.
+            if not (v.flags.c_contiguous and v.dtype == t.dtype and v.shape == t.shape):
+                raise CompileError(f"{t.kind} '{t.name}' holds a {v.dtype} array of shape {v.shape} "
+                                   f"(C-contiguous: {v.flags.c_contiguous}); bpc expected a C-contiguous "
+                                   f"{t.dtype} array of shape {t.shape}")
         self._parallel = parallel
 
     def make_workspace(self, batch):
