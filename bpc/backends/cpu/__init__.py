@@ -5,7 +5,8 @@ step is one native call.
 Kernels compile on first use (per variant), each once per process and
 once per cache: a kernel that another function or an earlier process
 compiled is reused, not compiled (`Function.report()` and
-`BPC_LOG_COMPILES=1` say which, with the seconds Numba spent).
+`BPC_LOG_COMPILES=1` say which, with the seconds Numba spent). When many
+kernels are new, helper processes compile some of them (`workers.py`).
 
 Work per call decides the variant: below `PARALLEL_MIN_WORK` elements of
 loop work the serial kernels run (waking threads costs more than the work
