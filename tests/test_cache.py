@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,9 +92,10 @@ def test_folders_are_created_private_whatever_the_umask(root):
     finally:
         os.umask(old)
     assert module.VALUE == len(str(root))
-    for folder in (root, root / "cpu", root / "cpu" / "__pycache__"):
+    shard = os.path.dirname(path)   # root/cpu/<two hex digits of the module's key>
+    assert os.path.dirname(shard) == str(root / "cpu") and len(os.path.basename(shard)) == 2
+    for folder in (root, root / "cpu", shard, os.path.join(shard, "__pycache__")):
         assert mode(folder) == 0o700, folder
-    assert os.path.dirname(path) == str(root / "cpu")
     assert cache.cache_status() == (str(root), None)
 
 
@@ -183,8 +185,8 @@ def _file_as_pycache(path, manifest, folder):
 
 
 def _file_as_target_folder(path, manifest, folder):
-    shutil.rmtree(folder)
-    folder.write_text("junk")
+    shutil.rmtree(folder.parent)   # root/cpu
+    folder.parent.write_text("junk")
 
 
 @pytest.mark.parametrize("damage", [_junk_module, _folder_as_module, _folder_as_manifest, _unparsable_manifest,
@@ -192,7 +194,7 @@ def _file_as_target_folder(path, manifest, folder):
 def test_damaged_files_and_folders_are_rebuilt(root, damage):
     source = plain_module(f"{root} {damage.__name__}")
     _, path, _ = cache.load_module(source)
-    folder, manifest = root / "cpu", cache._manifest_path(path)
+    folder, manifest = Path(path).parent, cache._manifest_path(path)   # root/cpu/<shard>
     damage(path, manifest, folder)
     module, again, _ = reload(source)
     assert again == path and module.VALUE == len(f"{root} {damage.__name__}")

@@ -200,8 +200,8 @@ def test_second_process_compiles_nothing_and_corrupt_entries_are_rebuilt(tmp_pat
     assert second.returncode == 0, second.stderr
     assert f"misses 0 hits {n}" in second.stdout and "loaded cached cpu serial" in second.stderr
     # Corrupt Numba's cache files and a module: both are detected and rebuilt.
-    module = next((tmp_path / "cpu").glob("bpc_kernel_*.py"))
-    for f in (tmp_path / "cpu" / "__pycache__").iterdir():
+    module = next((tmp_path / "cpu").glob("*/bpc_kernel_*.py"))
+    for f in (tmp_path / "cpu").glob("*/__pycache__/*"):
         f.write_bytes(b"garbage")
     module.write_text("raise SystemExit('this must never run')\n")
     third = _run(WARM_START, tmp_path)

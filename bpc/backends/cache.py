@@ -267,9 +267,13 @@ def _uncached_root():
 
 
 def _write_module(root, target, name, data):
-    """Put the module's source in root/target (rebuilding what is damaged
-    there) and return its path."""
-    folder = os.path.join(root, target)
+    """Put the module's source in root/target/<first two hex digits of its
+    key> (rebuilding what is damaged there) and return its path. The shard
+    keeps each folder small: bpc lists a module's compiled files before
+    loading and after compiling, and a single folder of a cache holding
+    thousands of kernels took milliseconds per listing."""
+    _repair_folder(os.path.join(root, target))
+    folder = os.path.join(root, target, name[-24:][:2])
     _repair_folder(folder)
     if _numba_cache_folder(folder) == os.path.join(folder, "__pycache__"):
         # Numba would create it with the umask; and if it cannot, it caches in a
