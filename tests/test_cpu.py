@@ -264,3 +264,25 @@ def test_compile_time_study_cold_compiles_and_warm_loads(tmp_path):
     assert cold["kernel_modules"] >= 1 and cold["compiled"] == cold["kernel_modules"]
     assert warm["compiled"] == 0 and warm["kernel_modules"] == cold["kernel_modules"]
     assert "chain:4" in compile_time.format_table(report)
+
+
+WAIT_POLICY = textwrap.dedent("""
+    import os, numpy as np, bpc
+    x = bpc.input("x", (None, 3))
+    bpc.function([x], bpc.sum(x), target="cpu", parallel=True)(np.ones((2, 3), np.float32))
+    print("policy", os.environ.get("OMP_WAIT_POLICY"))
+""")
+
+
+@pytest.mark.parametrize("user", [None, "active"])
+def test_openmp_threads_wait_passively_unless_the_user_chose(tmp_path, user):
+    """Spinning OpenMP threads next to OpenBLAS's slowed steps ~40x; bpc asks
+    for passive waiting before Numba starts its threads, and keeps a policy
+    the user set."""
+    env = dict(os.environ, BPC_CACHE_DIR=str(tmp_path))
+    env.pop("OMP_WAIT_POLICY", None)
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    out = subprocess.run([sys.executable, "-c", WAIT_POLICY], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"policy {user or 'passive'}" in out.stdout

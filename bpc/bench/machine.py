@@ -58,6 +58,8 @@ def thread_info():
     it after the measurements: it starts Numba's thread pool (if nothing
     parallel ran yet) to learn which layer loads."""
     import numba
+    from bpc.backends import threads
+    threads.configure()   # bpc's layer choice and wait policy, as a compiled step would set them
     try:
         from numba.np.ufunc.parallel import _launch_threads
         _launch_threads()
