@@ -286,3 +286,23 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(tmp_path, user):
     out = subprocess.run([sys.executable, "-c", WAIT_POLICY], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"policy {user or 'passive'}" in out.stdout
+
+
+def test_one_flat_optimizer_kernel_updates_params_of_every_shape_and_rank():
+    """Adam's update of a matrix, a vector and a 3-d param is one compiled
+    flat kernel (its size read at run time); every output and updated param
+    matches the interpreter (check=True) over several steps."""
+    x = bpc.input("x", (None, 4))
+    W = bpc.param("W", (4, 3), init="glorot_uniform", seed=1)
+    b = bpc.param("b", (3,), init="zeros")
+    T = bpc.param("T", (2, 2, 3), init="glorot_uniform", seed=2)
+    h = bpc.tanh(x @ W + x @ bpc.reshape(T, (4, 3)) + b)
+    loss = bpc.sum(h * h)
+    f = bpc.function([x], loss, updates=bpc.optim.Adam(0.05).updates(loss, [W, b, T]), target="cpu",
+                     check=True)
+    X = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    for _ in range(3):
+        f(X)
+    flat = [i for i, src in enumerate(f.backend.kernel_sources) if src.split("\n")[1].endswith(", flat")]
+    assert any(f.backend._calls.count(i) == 3 for i in flat), [f.backend.kernel_sources[i].split("\n")[1]
+                                                               for i in flat]

@@ -304,11 +304,19 @@ class Generator:
         w.emit(f"{w.array(n)}[{', '.join(out_idx) if out_idx else '()'}] = arg", depth)
 
     def _kernel_loop(self, k, w):
-        if self._flat(k):
-            return self._kernel_flat_loop(k, w)
         shape, axes = k.shape, k.axes
-        index = lambda t: operand_index(t.shape, shape)
-        outer = [a for a in range(len(shape)) if a not in axes]
+        if self._flat(k):
+            # One loop over the flat index, its size read at run time: one
+            # compiled kernel serves every shape and rank (the Adam update of
+            # every param), and the loop is as long as it can be.
+            w.sizes_at_run_time = True
+            bounds = [w.dim(math.prod(shape))]
+            w.flat = f"({bounds[0]},)"
+            index = lambda t: "0" if all(d == 1 for d in t.shape) else "i0"
+        else:
+            bounds = [dim_expr(d) for d in shape]
+            index = lambda t: operand_index(t.shape, shape)
+        outer = [a for a in range(len(bounds)) if a not in axes]
         inner = list(axes)
         reductions = [m for m in k.nodes if m.op.iteration == "reduce"]
         # prange over the first loop; a full reduction may race only on sums,
@@ -326,13 +334,13 @@ class Generator:
                     self._value(i, w, ids, loaded, 1, index)
         depth = 1
         for j, a in enumerate(outer):
-            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({dim_expr(shape[a])}):", depth)
+            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({bounds[a]}):", depth)
             depth += 1
         for r in reductions:
             w.emit(f"{w.local(r, 'acc')} = {acc_init(r)}", depth)
         for j, a in enumerate(inner):
             par = "prange" if (j == 0 and not outer and first_parallel) else "range"
-            w.emit(f"for i{a} in {par}({dim_expr(shape[a])}):", depth)
+            w.emit(f"for i{a} in {par}({bounds[a]}):", depth)
             depth += 1
         for m in k.nodes:
             if m.op.iteration == "reduce":
@@ -381,37 +389,6 @@ class Generator:
                 if i.shape != k.shape or any(v.op.name == "transpose" for v in chain[:-1]):
                     return False
         return True
-
-    def _kernel_flat_loop(self, k, w):
-        """An elementwise kernel over whole buffers as one loop over the flat
-        index, its size read at run time: one compiled kernel serves every
-        shape and rank (the Adam update of every param, say), and the loop
-        is as long as it can be."""
-        static = math.prod(d for d in k.shape if d is not None)
-        w.sizes_at_run_time = True
-        total = " * ".join(["N"] * k.shape.count(None) + ([w.dim(static)] if static != 1 else [])) or "1"
-        w.flat = f"({total},)"
-        index = lambda t: "0" if all(d == 1 for d in t.shape) else "i0"
-        ids = {m.id for m in k.nodes}
-        stored = {m.id for m in k.stores}
-        loaded, deferred = {}, []
-        for m in k.nodes:   # single elements, read once before the loop
-            for i in m.inputs:
-                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
-                    self._value(i, w, ids, loaded, 1, index)
-        w.emit(f"for i0 in prange({total}):", 1)
-        for m in k.nodes:
-            args = [self._value(i, w, ids, loaded, 2, index) for i in m.inputs]
-            name = w.local(m)
-            w.emit(f"{name} = {m.op.scalar(ScalarContext(m), *args)}", 2)
-            if m.id in self.plan.in_place or m.id in stored:
-                store = f"{w.array(m)}[{index(m)}] = {name}"
-                if m.id in self.plan.in_place:
-                    deferred.append(store)   # written last: a later member may still read the old value
-                else:
-                    w.emit(store, 2)
-        for line in deferred:
-            w.emit(line, 2)
 
     def _value(self, t, w, ids, loaded, depth, index):
         if t.id in ids:
