@@ -306,3 +306,25 @@ def test_one_flat_optimizer_kernel_updates_params_of_every_shape_and_rank():
     flat = [i for i, src in enumerate(f.backend.kernel_sources) if src.split("\n")[1].endswith(", flat")]
     assert any(f.backend._calls.count(i) == 3 for i in flat), [f.backend.kernel_sources[i].split("\n")[1]
                                                                for i in flat]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_reductions_over_leading_axes_run_in_memory_order_and_match_numpy(parallel):
+    """sum/mean/max over the batch (and the batch and the next axis), which
+    keep the trailing axes, run as parts of rows with partial results
+    combined after: checked against NumPy for batches smaller than, equal
+    to and not a multiple of the parts, with NaN kept by max."""
+    x = bpc.input("x", (None, 5), dtype="float64")
+    y = bpc.input("y", (None, 3, 4), dtype="float32")
+    outs = [bpc.sum(x * x, axis=0), bpc.mean(x, axis=0, keepdims=True), bpc.max(x + 1.0, axis=0),
+            bpc.sum(y, axis=(0, 1)), bpc.max(y, axis=(0, 1), keepdims=True)]
+    f = bpc.function([x, y], outs, target="cpu", parallel=parallel)
+    assert any("nparts" in src for src in f.backend.kernel_sources)
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 16, 300):
+        X, Y = rng.normal(size=(n, 5)), rng.normal(size=(n, 3, 4)).astype(np.float32)
+        Y[n - 1, 2, 1] = np.nan
+        want = [(X * X).sum(0), X.mean(0, keepdims=True), (X + 1.0).max(0), Y.sum((0, 1)),
+                Y.max((0, 1), keepdims=True)]
+        for got, ref in zip(f(X, Y), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5 if got.dtype == np.float32 else 1e-12)

@@ -45,6 +45,9 @@ FASTMATH = "{" + ", ".join(map(repr, FASTMATH_FLAGS)) + "}"   # as source text, 
 # loop writing b0, so elements were read after they were overwritten.
 PARALLEL = "{'fusion': False}"
 VARIANTS = ("serial", "parallel")
+# A reduction over leading axes cuts its rows into at most COLUMN_PARTS parts
+# of at least COLUMN_PART_ROWS rows (`_column_loops`).
+COLUMN_PARTS, COLUMN_PART_ROWS = 16, 16
 KERNEL_PREFIX = "bpc_kernel"
 
 
@@ -316,12 +319,7 @@ class Generator:
         else:
             bounds = [dim_expr(d) for d in shape]
             index = lambda t: operand_index(t.shape, shape)
-        outer = [a for a in range(len(bounds)) if a not in axes]
-        inner = list(axes)
         reductions = [m for m in k.nodes if m.op.iteration == "reduce"]
-        # prange over the first loop; a full reduction may race only on sums,
-        # which Numba turns into per-thread partials.
-        first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
         ids = {m.id for m in k.nodes}
         stored = {m.id for m in k.stores}
         deferred = []
@@ -332,20 +330,14 @@ class Generator:
             for i in m.inputs:
                 if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
                     self._value(i, w, ids, loaded, 1, index)
-        depth = 1
-        for j, a in enumerate(outer):
-            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({bounds[a]}):", depth)
-            depth += 1
-        for r in reductions:
-            w.emit(f"{w.local(r, 'acc')} = {acc_init(r)}", depth)
-        for j, a in enumerate(inner):
-            par = "prange" if (j == 0 and not outer and first_parallel) else "range"
-            w.emit(f"for i{a} in {par}({bounds[a]}):", depth)
-            depth += 1
+        # Reductions over leading axes only that keep the rest: in memory order.
+        columns = bool(reductions) and axes == tuple(range(len(axes))) and len(axes) < len(shape) \
+            and all(tuple(sorted(r.attrs["axis"])) == axes for r in reductions)
+        depth, acc, finish = (self._column_loops if columns else self._row_loops)(k, w, bounds, reductions)
         for m in k.nodes:
             if m.op.iteration == "reduce":
                 x = self._value(m.inputs[0], w, ids, loaded, depth, index)
-                for rel, line in accumulate(m, w.local(m, "acc"), x):
+                for rel, line in accumulate(m, acc(m), x):
                     w.emit(line, depth + rel)
                 continue
             args = [self._value(i, w, ids, loaded, depth, index) for i in m.inputs]
@@ -359,10 +351,73 @@ class Generator:
                     w.emit(store, depth)
         for line in deferred:
             w.emit(line, depth)
-        depth -= len(inner)
+        finish()
+
+    def _row_loops(self, k, w, bounds, reductions):
+        """Loops over the kept axes, then the reduced ones innermost, with one
+        scalar accumulator per reduction: memory order when the reduced axes
+        come last (a row's sum). Returns (body depth, accumulator of r, a
+        function that writes the results after the body)."""
+        outer = [a for a in range(len(bounds)) if a not in k.axes]
+        # prange over the first loop; a full reduction may race only on sums,
+        # which Numba turns into per-thread partials.
+        first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
+        depth = 1
+        for j, a in enumerate(outer):
+            w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({bounds[a]}):", depth)
+            depth += 1
         for r in reductions:
-            final = acc_final(r, w.local(r, "acc"))
-            w.emit(f"{w.array(r)}[{reduced_index(r, shape)}] = {final}", depth)
+            w.emit(f"{w.local(r, 'acc')} = {acc_init(r)}", depth)
+        for j, a in enumerate(k.axes):
+            par = "prange" if (j == 0 and not outer and first_parallel) else "range"
+            w.emit(f"for i{a} in {par}({bounds[a]}):", depth)
+            depth += 1
+
+        def finish():
+            for r in reductions:
+                w.emit(f"{w.array(r)}[{reduced_index(r, k.shape)}] = {acc_final(r, w.local(r, 'acc'))}",
+                       depth - len(k.axes))
+        return depth, lambda r: w.local(r, "acc"), finish
+
+    def _column_loops(self, k, w, bounds, reductions):
+        """Loops in memory order for reductions over leading axes that keep
+        the trailing ones (a bias gradient's sum over the batch): the rows
+        (first axis) are cut into parts, run in parallel,
+        each summing into its own row of partial results, which a second
+        loop then combines. With the reduced axes innermost instead, every
+        step of the inner loop jumped a row: 3.6 ms instead of 0.15 for a
+        512x1024 bias gradient. (Blocks of columns with a runtime width
+        gave slow code in Numba's parallel lowering.) Returns as
+        `_row_loops` does."""
+        kept = list(range(len(k.axes), len(bounds)))
+        rows = bounds[0]
+        w.emit(f"nparts = max(1, min({rows} // {COLUMN_PART_ROWS}, {COLUMN_PARTS}))", 1)
+        kept_shape = "".join(f"{bounds[a]}, " for a in kept)
+        for r in reductions:
+            w.emit(f"{w.local(r, 'part')} = np.full((nparts, {kept_shape}), {acc_init(r)})", 1)
+        w.emit("for part in prange(nparts):", 1)
+        w.emit(f"for i0 in range(part * {rows} // nparts, (part + 1) * {rows} // nparts):", 2)
+        depth = 3
+        for a in list(k.axes[1:]) + kept:
+            w.emit(f"for i{a} in range({bounds[a]}):", depth)
+            depth += 1
+        kept_index = "".join(f", i{a}" for a in kept)
+        part = lambda r: f"{w.local(r, 'part')}[part{kept_index}]"
+
+        def finish():   # each kept index's result from the parts' partial results (serially: little work)
+            depth = 1
+            for a in kept:
+                w.emit(f"for i{a} in range({bounds[a]}):", depth)
+                depth += 1
+            for r in reductions:
+                w.emit(f"{w.local(r, 'acc')} = {acc_init(r)}", depth)
+            w.emit("for part in range(nparts):", depth)
+            for r in reductions:
+                for rel, line in accumulate(r, w.local(r, "acc"), part(r)):
+                    w.emit(line, depth + 1 + rel)
+            for r in reductions:
+                w.emit(f"{w.array(r)}[{reduced_index(r, k.shape)}] = {acc_final(r, w.local(r, 'acc'))}", depth)
+        return depth, part, finish
 
     def _flat(self, k):
         """Whether loop kernel k runs as one loop over the flat index: no
