@@ -13,6 +13,7 @@ import pytest
 
 import bpc
 from bpc.backends import cache as cpu_cache
+from bpc.backends.cpu import blas
 
 MLP_SCRIPT = textwrap.dedent("""
     import numpy as np, bpc
@@ -65,7 +66,7 @@ def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
     src = step.source
     modules = step.backend.kernel_sources
     assert src.count("def serial(N, p, d):") == src.count("def parallel(N, p, d):") == len(modules)
-    assert "prange" in src and "np.dot" in src and "# k0_" in src
+    assert "prange" in src and ("cblas_gemm(" if blas.numpy_gemm() else "np.dot(") in src and "# k0_" in src
     # One module per kernel structure: the hidden layers' identical kernels
     # (bias + ReLU, the ReLU mask product...) and all SGD updates of one
     # shape share theirs.
@@ -81,15 +82,19 @@ def test_step_matches_interpreter_over_several_steps_with_smaller_last_batch(mlp
     for p, q in zip(params, ref_params):
         p.value = q.value
     X, Y = data(40)
+    runner = step.backend._runner_module.run   # shared by every 2-input step in the process
+    signatures = None
     for lo, hi in [(0, 16), (16, 32), (32, 40)]:   # last batch is smaller
         a = step(X[lo:hi], Y[lo:hi])
         b = ref(X[lo:hi], Y[lo:hi])
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        signatures = signatures or list(runner.signatures)
     for p, q in zip(params, ref_params):
         np.testing.assert_allclose(p.value, q.value, rtol=1e-5, atol=1e-6)
-    # Batch sizes 16 and 8 ran the same machine code: the same kernels, one runner signature.
+    # Batch sizes 16 and 8 ran the same machine code: the same kernels, no
+    # runner signature beyond the first batch's (other tests' steps may have added theirs).
     assert list(step.backend.compiles) == ["serial"]
-    assert len(step.backend._runner_module.run.signatures) == 1
+    assert runner.signatures == signatures
 
 
 def test_parallel_and_serial_variants_agree_with_the_interpreter():
@@ -328,3 +333,31 @@ def test_reductions_over_leading_axes_run_in_memory_order_and_match_numpy(parall
                 Y.max((0, 1), keepdims=True)]
         for got, ref in zip(f(X, Y), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5 if got.dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("choice", ["numpy", "scipy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matrix_products_through_either_blas_match_the_interpreter(monkeypatch, choice, dtype):
+    """Products with every transpose a backward pass takes, through NumPy's
+    CBLAS gemm (the default where found) and through Numba's np.dot
+    (BPC_BLAS=scipy), agree with the interpreter (check=True) over steps."""
+    if choice == "numpy" and blas.numpy_gemm() is None:
+        pytest.skip("this NumPy's BLAS exposes no CBLAS gemm bpc can call")
+    monkeypatch.setenv("BPC_BLAS", choice)
+    x = bpc.input("x", (None, 6), dtype=dtype)
+    W = bpc.param("W", (6, 5), init="glorot_uniform", seed=4, dtype=dtype)
+    V = bpc.param("V", (5, 3), init="glorot_uniform", seed=5, dtype=dtype)
+    h = bpc.tanh(x @ W)
+    loss = bpc.sum((h @ V) * (h @ V)) + bpc.sum(bpc.transpose(h) @ x)
+    f = bpc.function([x], loss, updates=bpc.optim.SGD(0.01).updates(loss, [W, V]), target="cpu", check=True)
+    assert ("cblas_gemm(" in f.source) == (choice == "numpy")
+    X = np.random.default_rng(1).normal(size=(9, 6)).astype(dtype)
+    for _ in range(3):
+        f(X)
+
+
+def test_an_unknown_blas_choice_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("BPC_BLAS", "mkl")
+    x = bpc.input("x", (None, 2))
+    with pytest.raises(ValueError, match="BPC_BLAS='mkl'.*'numpy' or 'scipy'"):
+        bpc.function([x], x @ np.ones((2, 2), np.float32), target="cpu")

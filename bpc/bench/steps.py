@@ -33,9 +33,11 @@ def gemm_bound(function, batch, seed=0):
     preallocated outputs: returns (callable, list of 'AxB @ CxD'
     descriptions, ᵀ marking a transposed view), or (None, reason) when some
     product is not 2-d. The products, their shapes and their transposed
-    views come from the compiled function's optimized graph, so the calls
-    are the ones the compiled step makes, on the same BLAS."""
+    views come from the compiled function's optimized graph, and the calls
+    go to the BLAS compiled steps call (`bpc.backends.cpu.blas`)."""
     from numba import njit
+    from bpc.backends.cpu import blas
+    gemm = blas.numpy_gemm()
     rng = np.random.default_rng(seed)
     products = [n for n in topo_sort(function.program.roots) if n.op is not None and n.op.name == "matmul"]
     if not products:
@@ -50,23 +52,30 @@ def gemm_bound(function, batch, seed=0):
         base = shape[::-1] if transposed else shape
         args.append(rng.normal(size=base).astype(t.dtype))
         names.append(k)
-        return (k + ".T" if transposed else k), f"{shape[0]}x{shape[1]}" + ("ᵀ" if transposed else "")
+        return transposed, f"{shape[0]}x{shape[1]}" + ("ᵀ" if transposed else "")
 
     try:
         for i, n in enumerate(products):
-            ea, da = operand(n.inputs[0], f"a{i}")
-            eb, db = operand(n.inputs[1], f"b{i}")
+            ta, da = operand(n.inputs[0], f"a{i}")
+            tb, db = operand(n.inputs[1], f"b{i}")
             out = tuple(batch if d is None else d for d in n.shape)
             args.append(np.empty(out, dtype=n.dtype))
             names.append(f"o{i}")
-            lines.append(f"    np.dot({ea}, {eb}, o{i})")
+            if gemm is None:
+                lines.append(f"    np.dot(a{i}{'.T' if ta else ''}, b{i}{'.T' if tb else ''}, o{i})")
+            else:
+                flag = lambda t: blas.TRANS if t else blas.NO_TRANS
+                one, zero = f"{n.dtype.name}(1.0)", f"{n.dtype.name}(0.0)"
+                lines.append(f"    cblas_gemm({gemm.address(n.dtype)}, {gemm.index_bits}, {flag(ta)}, {flag(tb)}, "
+                             f"{out[0]}, {out[1]}, a{i}.shape[{0 if ta else 1}], {one}, a{i}.ctypes.data, "
+                             f"a{i}.shape[1], b{i}.ctypes.data, b{i}.shape[1], {zero}, o{i}.ctypes.data, {out[1]})")
             desc.append(f"{da} @ {db}")
     except ValueError as e:
         return None, f"GEMM bound needs 2-d products ({e})"
     src = f"def gemm_only({', '.join(names)}):\n" + "\n".join(lines) + "\n    return 0\n"
     fn = _GEMM_CACHE.get(src)
     if fn is None:
-        ns = {"np": np}
+        ns = {"np": np, "cblas_gemm": blas.cblas_gemm, "float32": np.float32, "float64": np.float64}
         exec(compile(src, "<bpc-bench-gemm>", "exec"), ns)
         fn = _GEMM_CACHE[src] = njit(nogil=True)(ns["gemm_only"])
     return (lambda: fn(*args)), desc

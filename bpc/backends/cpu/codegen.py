@@ -33,6 +33,7 @@ import math
 
 from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
+from . import blas
 from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
@@ -71,6 +72,7 @@ class KernelWriter:
         self.prologue = []      # views, taken in the body
         self.lines = []
         self.uses_hash = False
+        self.uses_blas = False
 
     def array(self, n):
         """A local holding node n's value as an array (its storage, or a view of it)."""
@@ -130,6 +132,12 @@ class KernelWriter:
     def shape(self, shape):
         return shape_expr(shape, self.dim)
 
+    def address(self, value):
+        """Source for a run-time value that is no size (a function's address,
+        a `blas.Address`): the next entry s{k} of the sizes table."""
+        self.sizes.append(value)
+        return f"s{len(self.sizes) - 1}"
+
     def local(self, node, prefix="t"):
         key = (prefix, node.id)
         if key not in self._locals:
@@ -145,6 +153,8 @@ class KernelWriter:
                f"# {self.describe}",
                "import math", "import numpy as np",
                "from numba import carray, njit, prange, float32, float64, int32, int64", ""]
+        if self.uses_blas:
+            out += [f"from bpc.backends.cpu.blas import cblas_gemm  # version {blas.CALL_VERSION}", ""]
         if self.uses_hash:
             out += ["# The counter-based generator of dropout masks, from bpc.ops.nn.",
                     "_M31 = 0x7FFFFFFF", "", inspect.getsource(uniform_hash),
@@ -170,6 +180,7 @@ class Generator:
     def __init__(self, program, plan):
         from ...graph.traverse import topo_sort
         self.program, self.plan = program, plan
+        self.gemm = blas.numpy_gemm()
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
         unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
         self.names = Names(unused + order)
@@ -257,8 +268,29 @@ class Generator:
     # ----- kernels -------------------------------------------------------------
     def _kernel_matmul(self, k, w):
         n = k.node
-        a, b = (self._dot_operand(i, w) for i in n.inputs)
-        w.emit(f"np.dot({a}, {b}, {w.array(n)})", 1)
+        if self.gemm is None:
+            a, b = (self._dot_operand(i, w) for i in n.inputs)
+            w.emit(f"np.dot({a}, {b}, {w.array(n)})", 1)
+            return
+        # C = A @ B through NumPy's BLAS (`blas.py`): operands are C-ordered
+        # arrays, a transposed view passes its base with the transpose flag.
+        w.uses_blas = True
+        (a, ta), (b, tb) = (self._gemm_operand(i, w) for i in n.inputs)
+        out = w.array(n)
+        fn = w.address(blas.Address(self.gemm.address(n.dtype), self.gemm.symbol(n.dtype)))
+        inner = f"{a}.shape[{0 if ta == blas.TRANS else 1}]"
+        one, zero = typed_const(1.0, n.dtype), typed_const(0.0, n.dtype)
+        w.emit(f"cblas_gemm({fn}, {self.gemm.index_bits}, {ta}, {tb}, {out}.shape[0], {out}.shape[1], {inner}, "
+               f"{one}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], {zero}, "
+               f"{out}.ctypes.data, {out}.shape[1])", 1)
+
+    def _gemm_operand(self, t, w):
+        """(C-ordered array, CBLAS transpose flag) of a product's operand."""
+        chain = view_chain(t)
+        if len(chain) == 2 and chain[0].op.name == "transpose":
+            return w.array(chain[1]), blas.TRANS
+        contiguous = not any(v.op.name == "transpose" for v in chain[:-1])
+        return (w.array(t) if contiguous else f"np.ascontiguousarray({w.array(t)})"), blas.NO_TRANS
 
     def _dot_operand(self, t, w):
         expr = w.array(t)
