@@ -153,6 +153,12 @@ def cmd_dot(args):
 
 # ----- bpc bench ----------------------------------------------------------------------------------
 
+# `bpc bench --strict` fails when a compiled step is more than this many
+# times slower than the interpreted one: a margin that noise on a shared
+# machine does not cross, and that threads fighting over the cores do.
+STRICT_FACTOR = 2.0
+
+
 def cmd_bench(args):
     """`bpc bench`: the training-step benchmark, then the scaling study
     (both in bpc.bench); a failing benchmark process exits with 1."""
@@ -178,12 +184,19 @@ def _bench(args):
         raise ModelError(_failure("a --model failed to load", e, _model_files(args))) from e
     report = mlp_step.run(args.model, args.batch_size, args.target, args.threads, compare, args.rounds,
                           args.min_round_s, not args.no_startup, args.out, not args.no_progress)
-    if not args.no_scaling:
+    if args.scaling:
         print()
         scaling.run(load_model(workloads[0][1]), batches, widths, args.width_batch, args.target, args.threads,
                     rounds=min(args.rounds, 7), min_round_s=min(args.min_round_s, 0.03), out_dir=args.out,
                     progress=not args.no_progress)
-    return 0 if report["workloads"] else 1
+    if not report["workloads"]:
+        return 1
+    slow = mlp_step.slower_than_interpreted(report, STRICT_FACTOR)
+    if args.strict and slow:
+        print(f"bpc bench: --strict: compiled steps more than {STRICT_FACTOR:g}x slower than interpreted: "
+              + ", ".join(f"{name} ({1 / ratio:.2f}x the time)" for name, ratio in slow), file=sys.stderr)
+        return 3
+    return 0
 
 
 # ----- bpc train ----------------------------------------------------------------------------------
@@ -290,7 +303,7 @@ def build_parser():
                                    "step time, their ratio, cold compile, warm start, GEMM-only bound, NumPy/"
                                    "PyTorch/JAX when installed) and the scaling study (bpc.bench.scaling: step "
                                    "time vs batch size and width). Prints tables; writes JSON, CSV and PNG. "
-                                   "For the smallest run: --quick --model tiny --compare none --no-scaling.",
+                                   "The scaling study runs with --scaling. For the smallest run: --quick --model tiny --compare none.",
                        epilog=EPILOG_MODEL + " bench/README.md in bpc's source explains how to read the numbers.")
     _bench_arguments(b)
     b.set_defaults(run=cmd_bench)
@@ -332,13 +345,18 @@ def _bench_arguments(b):
                    help="threads for Numba's parallel loops and BLAS (and PyTorch/NumPy); default: Numba's")
     b.add_argument("--compare", default="numpy,torch,jax",
                    help="comparison steps, each when installed: numpy,torch,jax or none (default: all)")
-    b.add_argument("--rounds", type=_positive(int), default=15, help="timed rounds per measurement (default 15)")
-    b.add_argument("--min-round-s", type=_positive(float), default=0.05,
-                   help="minimum seconds per round (default 0.05)")
+    b.add_argument("--rounds", type=_positive(int), default=9, help="timed rounds per measurement (default 9)")
+    b.add_argument("--min-round-s", type=_positive(float), default=0.03,
+                   help="minimum seconds per round (default 0.03)")
     b.add_argument("--quick", action="store_true",
                    help="a very short run: 3 short rounds, 3 batch sizes and 2 widths in the scaling study")
     b.add_argument("--no-startup", action="store_true", help="skip the cold-compile and warm-start processes")
-    b.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
+    b.add_argument("--scaling", action="store_true",
+                   help="also run the scaling study (step time vs batch size and width; several minutes)")
+    b.add_argument("--no-scaling", action="store_true", help="no scaling study (the default)")
+    b.add_argument("--strict", action="store_true",
+                   help=f"exit with status 3 when a compiled step is more than {STRICT_FACTOR:g}x slower than the "
+                        "interpreted one")
     b.add_argument("--batches", default=None, help="batch sizes of the scaling study (default 1,2,4,...,4096)")
     b.add_argument("--widths", default=None,
                    help="widths of the scaling study (default 16,32,...,2048; '' for no width sweep)")

@@ -384,7 +384,7 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     real = references.available
     monkeypatch.setattr(references, "available", lambda name: name != "jax" and real(name))
     code = run_cli("bench", "--model", "mlp:8-8-3", "--batch-size", 4, "--target", "interpret", "--quick",
-                   "--compare", "numpy,jax", "--batches", "1,4", "--widths", "8", "--width-batch", 4,
+                   "--compare", "numpy,jax", "--scaling", "--batches", "1,4", "--widths", "8", "--width-batch", 4,
                    "--no-progress", "--out", out)
     assert code == 0
     printed = capsys.readouterr().out
@@ -414,6 +414,27 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     assert set(scaling["crossovers"]["batch"]) == {"blas_dominates", "compiled_gemm", "overhead_fades"}
     for name in ("mlp_step.png", "scaling.png", "scaling.csv"):
         assert (out / name).stat().st_size > 0
+
+
+def test_bench_strict_fails_when_a_compiled_step_is_more_than_twice_slower(monkeypatch, capsys):
+    """--strict turns a compiled step >2x slower than the interpreted one
+    into exit status 3 naming the workload; a slower one within 2x warns."""
+    from bpc.bench import mlp_step
+
+    def fake_run(models, *args, **kwargs):
+        ratios = {"tiny": 3.0, "medium": 0.8, "large": 0.4}
+        report = {"workloads": [{"workload": m, "ratio": {"median": ratios[m]}} for m in models]}
+        for name, ratio in mlp_step.slower_than_interpreted(report):
+            print(f"warning: {name} {ratio}")
+        return report
+    monkeypatch.setattr(mlp_step, "run", fake_run)
+    assert run_cli("bench", "--model", "tiny", "--model", "medium", "--no-progress") == 0
+    assert run_cli("bench", "--model", "tiny", "--model", "medium", "--strict", "--no-progress") == 0
+    assert "warning: medium" in capsys.readouterr().out
+    assert run_cli("bench", "--model", "tiny", "--model", "large", "--strict", "--no-progress") == 3
+    err = capsys.readouterr().err
+    assert "--strict" in err and "large (2.50x the time)" in err and "tiny" not in err
+    assert run_cli("bench", "--model", "large", "--no-progress") == 0   # without --strict: a warning only
 
 
 def test_gemm_bound_matches_the_steps_products():

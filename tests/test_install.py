@@ -99,7 +99,7 @@ def test_bench_runs_from_a_non_editable_install(tmp_path):
     # the NumPy reference, one batch size and no width sweep.
     bpc_command = os.path.join(os.path.dirname(python), "bpc")
     proc = subprocess.run([bpc_command, "bench", "--quick", "--model", "mlp:8-8-3", "--batch-size", "4",
-                           "--compare", "numpy", "--no-startup", "--batches", "4", "--widths", "",
+                           "--compare", "numpy", "--no-startup", "--scaling", "--batches", "4", "--widths", "",
                            "--no-progress", "--out", "results"], cwd=work, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -69,7 +69,9 @@ def thread_info():
         layer = numba.threading_layer()
     except ValueError:   # no parallel region has run in this process
         layer = None
+    from bpc.backends.cpu import blas
     info = {"numba_threads": numba.get_num_threads(),
+            "gemm": blas.describe(),
             "numba_threading_layer": layer,
             "numba_threading_layer_config": str(numba.config.THREADING_LAYER),
             "numba_threading_layer_priority": list(getattr(numba.config, "THREADING_LAYER_PRIORITY", [])),
@@ -93,7 +95,8 @@ def describe_threads(info):
     blas = info["blas"]
     if isinstance(blas, list):
         blas = ", ".join(f"{os.path.basename(p['filepath'] or '?')}: {p['num_threads']} threads" for p in blas)
-    return f"numba: {info['numba_threads']} threads, layer {layer}; BLAS: {blas}"
+    gemm = f"; compiled matrix products: {info['gemm']}" if info.get("gemm") else ""
+    return f"numba: {info['numba_threads']} threads, layer {layer}; BLAS: {blas}{gemm}"
 
 
 def set_threads(n):

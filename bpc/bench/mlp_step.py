@@ -160,6 +160,14 @@ def bench_workload(name, model, batch, target="cpu", threads=None, compare=COMPA
 
 # ----- the run ------------------------------------------------------------------------------
 
+def slower_than_interpreted(report, factor=1.0):
+    """[(workload, interpreted/compiled ratio)] of the workloads whose
+    compiled step (median ratio over rounds) is more than `factor` times
+    slower than the interpreted one."""
+    return [(r["workload"], r["ratio"]["median"]) for r in report["workloads"]
+            if r.get("ratio") and r["ratio"]["median"] * factor < 1.0]
+
+
 def _echo_report(report, threads, echo):
     report["notes"].append("per-step times: median over rounds, spread = half the interquartile range; "
                            "the machine may be shared, so compare ratios from one run")
@@ -172,6 +180,12 @@ def _echo_report(report, threads, echo):
     for r in report["workloads"]:
         for n in r["notes"]:
             echo(f"note ({r['workload']}): {n}")
+    for name, ratio in slower_than_interpreted(report):
+        warning = (f"the compiled step of {name} ran slower than the interpreted one "
+                   f"({1 / ratio:.2f}x the time): compiled code should never lose; look at the thread line "
+                   "above (other processes on the cores, several BLAS pools) and at Function.profile()")
+        report["notes"].append("warning: " + warning)
+        echo(f"warning: {warning}")
 
 
 def run(models=None, batch_size=None, target="cpu", threads=None, compare=COMPARE, rounds=15,
