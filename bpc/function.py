@@ -148,6 +148,7 @@ class Function:
         self._labels = _label_checks(self.inputs, self.program.roots)
         self.backend = _make_backend(self.target, self.program, options)
         self._lock = threading.Lock() if self.program.updates else contextlib.nullcontext()
+        self.last_profile = None   # the last `profile()`'s result, shown by `report()`
 
     def _check_closed(self, roots):
         fed = {t.id for t in self.inputs}
@@ -221,11 +222,30 @@ class Function:
         # reads the values the previous one wrote. Functions without updates
         # run concurrently, each call in a workspace of its own.
         with self._lock:
-            if self.check_numerics or self.check:
-                outs = self._call_checked(arrays, batch)
-            else:
-                outs = self.backend(arrays, batch)
+            outs = self._run(arrays, batch)
         return outs[0] if self._single else outs
+
+    def _run(self, arrays, batch):
+        """One call on validated arguments; the caller holds the lock."""
+        if self.check_numerics or self.check:
+            return self._call_checked(arrays, batch)
+        return self.backend(arrays, batch)
+
+    def profile(self, /, *args, repeat=20, **kwargs):
+        """Time each kernel of the step (target "cpu" only): takes the
+        arguments a call takes and returns a `bpc.profile.Profile`, one row
+        per kernel call in step order (seconds per call; FLOPs and GFLOP/s
+        of the matrix products), the kernels' total and the time of a whole
+        call; `print()` it for a table.
+
+        It runs ONE real step first (its outputs are `profile.outputs`),
+        then times every kernel `repeat` times per round (best of 5 rounds)
+        and the whole step likewise, restoring every param and state the
+        step writes: afterwards the model is as after one call. An input
+        named "repeat" must be passed positionally. The last profile is
+        kept (`last_profile`) and shown by `report()`."""
+        from .profile import profile
+        return profile(self, args, kwargs, repeat=repeat)
 
     def _call_checked(self, arrays, batch):
         """A call under `check_numerics` and/or `check`: on a failure the
@@ -274,7 +294,8 @@ class Function:
 
     def report(self):
         """What the compiler did: node counts after each pass and, for
-        compiled targets, the kernels the step runs."""
+        compiled targets, the kernels the step runs; after `profile()`, the
+        matrix products with their shapes and GFLOP/s."""
         lines = [f"{self._sig()} on target '{self.target}'", "passes (nodes after each):"]
         lines += [f"  {name:34} {count}" for name, count in self.program.report]
         plan = getattr(self.backend, "plan", None)
@@ -294,6 +315,8 @@ class Function:
                          f"{sum(c.seconds for c in compiles):.2f} s here "
                          f"(LLVM {sum(c.llvm_seconds for c in compiles):.2f} s)")
             lines += [f"  {c.describe()}" for c in compiles]
+        if self.last_profile is not None:
+            lines.append(self.last_profile.matmul_section())
         return "\n".join(lines)
 
     def __repr__(self):

@@ -122,6 +122,14 @@ class CpuBackend(CompiledBackend):
         self._slots = np.array([j for js in in_slots for j in js], dtype=np.int64)
         self._slot_starts = np.cumsum([0] + [len(js) for js in in_slots]).astype(np.int64)
         self._calls = [idx for idx, _, _, _ in gen.calls]
+        # Per call, for people reading a profile: the listing's description
+        # ("k2_matmul: matmul [matmul]", "update copy") and the plan's kernel
+        # (None for the update copies that follow the planned kernels).
+        self.call_describes = [describe for _, _, _, describe in gen.calls]
+        planned = [k for k in self.plan.kernels if k.form != "view"]
+        self.call_kernels = [k if k is not None and describe.startswith(k.name + ":") else None
+                             for k, describe in zip(planned + [None] * len(gen.calls), self.call_describes)]
+        self.call_modules = [names[idx] for idx in self._calls]
         self._fns = {}          # variant -> int64 array of kernel addresses, in call order
         self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
         self._leaves = gen.leaves
@@ -201,6 +209,24 @@ class CpuBackend(CompiledBackend):
         if residency.any_device_copies():
             residency.host_written(self._written)
         return variant
+
+    def calls_runner(self, workspace, arrays, batch, calls):
+        """A callable that runs the kernel calls `calls` (indices into this
+        step's calls, in any order, repeats allowed) in `workspace` with the
+        inputs `arrays`: one native call into the runner, which calls the
+        kernels as a step does. For timing kernels on their own
+        (`bpc.profile`); the step must have run in this process before, so
+        the kernels and the runner are compiled."""
+        idx = np.asarray(calls, dtype=np.int64)
+        _, variant, table, _ = workspace
+        fns = np.ascontiguousarray(self._kernel_addresses(variant)[idx])
+        starts = np.ascontiguousarray(self._starts[idx])
+        size_starts = np.ascontiguousarray(self._size_starts[idx])
+        if residency.any_device_copies():
+            residency.host_arrays(self._leaves)
+        runner = self._runner_module.run
+        args = (batch, fns, starts, table, self._sizes, size_starts, self._slots, self._slot_starts, *arrays)
+        return lambda: runner(*args)
 
     def compiled_from_cache(self, variant):
         return all(info.how in ("cache hit", "shared") for info in self.compiles.get(variant, ()))
