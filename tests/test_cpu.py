@@ -361,3 +361,27 @@ def test_an_unknown_blas_choice_is_a_clear_error(monkeypatch):
     x = bpc.input("x", (None, 2))
     with pytest.raises(ValueError, match="BPC_BLAS='mkl'.*'numpy' or 'scipy'"):
         bpc.function([x], x @ np.ones((2, 2), np.float32), target="cpu")
+
+
+def test_only_kernels_with_enough_work_run_in_parallel():
+    """By default each kernel call chooses its variant: a loop over at least
+    PARALLEL_MIN_WORK elements runs its parallel variant (with more than one
+    thread), the small ones and the products stay serial; results match the
+    interpreter either way."""
+    from bpc.backends.cpu import PARALLEL_MIN_WORK
+    x = bpc.input("x", (None, 1024))
+    big = bpc.tanh(x) * 2.0                            # N x 1024 elements
+    small = bpc.sum(big, axis=1)                       # a row reduction: N elements kept
+    f = bpc.function([x], [small, bpc.mean(small)], target="cpu", check=True)
+    f(np.ones((4, 1024), np.float32))
+    assert list(f.backend.compiles) == ["serial"]       # a small batch: everything serial
+    n = PARALLEL_MIN_WORK // 1024
+    f(np.random.default_rng(0).normal(size=(n, 1024)).astype(np.float32))
+    ws = f.backend._acquire(n)
+    choice = ws[4]
+    f.backend._release(n, ws)
+    if bpc.get_num_threads() == 1:
+        assert set(choice) == {"serial"}
+        return
+    assert "parallel" in choice and "serial" in choice
+    assert {c.variant for c in f.backend.compiles["mixed"]} == {"serial", "parallel"}

@@ -8,13 +8,19 @@ compiled is reused, not compiled (`Function.report()` and
 `BPC_LOG_COMPILES=1` say which, with the seconds Numba spent). When many
 kernels are new, helper processes compile some of them (`workers.py`).
 
-Work per call decides the variant: below `PARALLEL_MIN_WORK` elements of
-loop work the serial kernels run (waking threads costs more than the work
-at those sizes: ~1.5 us per parallel loop nest against ~0.2 us serial);
-above it, the `parallel=True` ones. Workspaces, snapshots, readback and
-residency are shared with the other compiled targets (`base.py`).
+Each kernel call runs serially unless its own loop has at least
+`PARALLEL_MIN_WORK` elements: waking sleeping threads costs more than
+most kernels' work. Measured on 2 cores with passive waiting (which keeps
+idle threads off the cores BLAS needs, `threads.py`): every loop parallel
+made a tiny MLP step 1.2-1.4 ms instead of 0.035-0.045 (~40 us per wake),
+and a 512x1024 elementwise kernel 0.18 ms instead of 0.09; the medium and
+large steps were fastest with serial loops too. Matrix products bring
+BLAS's own threads. `parallel=True`/`False` runs every kernel's parallel/
+serial variant. Workspaces, snapshots, readback and residency are shared
+with the other compiled targets (`base.py`).
 """
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ from .runner import RUNNER_PREFIX, runner_source
 
 log = logging.getLogger("bpc")
 
-PARALLEL_MIN_WORK = 1 << 18
+PARALLEL_MIN_WORK = 1 << 21   # elements of one kernel's loop
 
 
 @dataclass
@@ -144,22 +150,31 @@ class CpuBackend(CompiledBackend):
 
     def make_workspace(self, batch):
         bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]
-        work = sum(int(np.prod(resolve(k.shape, batch))) for k in self.plan.kernels if k.form == "loop")
-        parallel = self._parallel if self._parallel is not None else (
-            work >= PARALLEL_MIN_WORK and threads.get_num_threads() > 1)
+        choice = tuple("parallel" if self._parallel_call(k, batch) else "serial" for k in self.call_kernels)
+        label = "serial" if "parallel" not in choice else "parallel" if self._parallel else "mixed"
         # Addresses of every storage; inputs' are written by the runner on each call.
         storage = [0] * len(self.program.inputs) + [a.ctypes.data for a in self._leaf_values + bufs]
         table = np.array([storage[s] for s in self._entries], dtype=np.int64)
-        return [bufs, "parallel" if parallel else "serial", table, True]
+        return [bufs, label, table, True, choice]
 
-    def _compile(self, variant):
-        """(callback, KernelCompile) of each kernel module, in order; new
-        kernels are shared out with helper processes where that pays."""
-        new = [i for i, (m, path) in enumerate(self.kernel_modules)
-               if (m.__name__, variant) not in _kernels and not has_compiled(path, variant)]
+    def _parallel_call(self, k, batch):
+        """Whether kernel k (None: an update copy) runs its parallel variant."""
+        if self._parallel is not None:
+            return self._parallel
+        if k is None or k.form not in ("loop", "random") or threads.get_num_threads() == 1:
+            return False
+        shape = k.shape if k.form == "loop" else k.node.shape
+        return math.prod(resolve(shape, batch)) >= PARALLEL_MIN_WORK
+
+    def _compile(self, variant, needed):
+        """{module index: (callback, KernelCompile)} of the kernel modules
+        `needed` in `variant`; new kernels are shared out with helper
+        processes where that pays."""
+        new = [i for i in needed if (self.kernel_modules[i][0].__name__, variant) not in _kernels
+               and not has_compiled(self.kernel_modules[i][1], variant)]
         count = workers.helper_count(len(new))
         if not count:
-            return [kernel(module, path, variant) for module, path in self.kernel_modules]
+            return {i: kernel(*self.kernel_modules[i], variant) for i in needed}
         helpers = workers.Helpers(count, variant, [(i, self.kernel_sources[i]) for i in new], KERNEL_PREFIX)
         results = {}
         try:
@@ -168,31 +183,44 @@ class CpuBackend(CompiledBackend):
                     results[i] = kernel(*self.kernel_modules[i], variant)
         finally:
             by_helpers = helpers.finish([i for i in new if i not in results])
-        for i, (module, path) in enumerate(self.kernel_modules):
+        for i in needed:
             if i not in results:
+                module, path = self.kernel_modules[i]
                 if i in by_helpers:
                     verify_compiled(path)
                 f, info = kernel(module, path, variant)   # compiles itself what a failed helper left
                 if i in by_helpers and info.how == "cache hit":
                     info.how = "helper"
                 results[i] = (f, info)
-        return [results[i] for i in range(len(self.kernel_modules))]
+        return results
 
-    def _kernel_addresses(self, variant):
-        if variant not in self._fns:
-            compiled = self._compile(variant)
-            self.compiles[variant] = [info for _, info in compiled]
-            for info in self.compiles[variant]:
-                if info.how != "shared":
-                    log.info("bpc: %s", info.describe())
-            self._fns[variant] = np.array([compiled[i][0].address for i in self._calls], dtype=np.int64)
-        return self._fns[variant]
+    def _kernel_addresses(self, workspace):
+        """The kernel addresses of a workspace's calls, in call order (each
+        call's variant as the workspace chose), compiled or loaded on first use."""
+        label, choice = workspace[1], workspace[4]
+        if choice not in self._fns:
+            compiled = {}
+            infos = self.compiles.setdefault(label, [])
+            seen = {(info.module, info.variant) for info in infos}
+            for variant in ("serial", "parallel"):
+                needed = sorted({m for m, v in zip(self._calls, choice) if v == variant})
+                if needed:
+                    compiled[variant] = self._compile(variant, needed)
+                    for i in needed:
+                        info = compiled[variant][i][1]
+                        if (info.module, variant) not in seen:
+                            infos.append(info)
+                            if info.how != "shared":
+                                log.info("bpc: %s", info.describe())
+            self._fns[choice] = np.array([compiled[v][m][0].address for m, v in zip(self._calls, choice)],
+                                         dtype=np.int64)
+        return self._fns[choice]
 
     def run(self, workspace, arrays, batch):
-        bufs, variant, table, _ = workspace
-        fns = self._fns.get(variant)
+        bufs, variant, table = workspace[:3]
+        fns = self._fns.get(workspace[4])
         if fns is None:
-            fns = self._kernel_addresses(variant)
+            fns = self._kernel_addresses(workspace)
         if residency.any_device_copies():   # a device step may have written a leaf last
             residency.host_arrays(self._leaves)
         runner = self._runner_module.run
@@ -218,8 +246,8 @@ class CpuBackend(CompiledBackend):
         (`bpc.profile`); the step must have run in this process before, so
         the kernels and the runner are compiled."""
         idx = np.asarray(calls, dtype=np.int64)
-        _, variant, table, _ = workspace
-        fns = np.ascontiguousarray(self._kernel_addresses(variant)[idx])
+        table = workspace[2]
+        fns = np.ascontiguousarray(self._kernel_addresses(workspace)[idx])
         starts = np.ascontiguousarray(self._starts[idx])
         size_starts = np.ascontiguousarray(self._size_starts[idx])
         if residency.any_device_copies():
