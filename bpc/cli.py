@@ -183,7 +183,7 @@ def _bench(args):
     except Exception as e:
         raise ModelError(_failure("a --model failed to load", e, _model_files(args))) from e
     report = mlp_step.run(args.model, args.batch_size, args.target, args.threads, compare, args.rounds,
-                          args.min_round_s, not args.no_startup, args.out, not args.no_progress)
+                          args.min_round_s, not args.no_startup, args.out, not args.no_progress, busy=args.busy)
     if args.scaling:
         print()
         scaling.run(load_model(workloads[0][1]), batches, widths, args.width_batch, args.target, args.threads,
@@ -362,6 +362,9 @@ def _bench_arguments(b):
                    help="widths of the scaling study (default 16,32,...,2048; '' for no width sweep)")
     b.add_argument("--width-batch", type=_positive(int), default=128,
                    help="batch size of the width sweep (default 128)")
+    b.add_argument("--busy", type=_positive(int), default=0, metavar="N",
+                   help="keep N processes spinning during the run, one core each: compiled steps must hold up "
+                        "on a shared machine")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--out", default="bench_results", metavar="DIR",
                    help="folder for mlp_step.json/.csv/.png and scaling.json/.csv/.png (default bench_results)")

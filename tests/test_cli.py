@@ -385,7 +385,7 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(references, "available", lambda name: name != "jax" and real(name))
     code = run_cli("bench", "--model", "mlp:8-8-3", "--batch-size", 4, "--target", "interpret", "--quick",
                    "--compare", "numpy,jax", "--scaling", "--batches", "1,4", "--widths", "8", "--width-batch", 4,
-                   "--no-progress", "--out", out)
+                   "--busy", 1, "--no-progress", "--out", out)
     assert code == 0
     printed = capsys.readouterr().out
     assert "interp/comp" in printed and "GEMM-only" in printed and "crossover" in printed
@@ -393,6 +393,7 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     report = json.loads((out / "mlp_step.json").read_text())
     for key in ("benchmark", "date", "machine", "settings", "threads", "workloads", "notes"):
         assert key in report
+    assert report["settings"]["busy"] == 1 and "busy process(es)" in printed
     assert report["machine"]["cores"] >= 1
     assert "numba_threads" in report["threads"] and "blas" in report["threads"]
     w, = report["workloads"]
@@ -414,6 +415,15 @@ def test_bench_quick_run_writes_json_csv_png(tmp_path, capsys, monkeypatch):
     assert set(scaling["crossovers"]["batch"]) == {"blas_dominates", "compiled_gemm", "overhead_fades"}
     for name in ("mlp_step.png", "scaling.png", "scaling.csv"):
         assert (out / name).stat().st_size > 0
+
+
+def test_background_load_spins_while_the_block_runs_and_stops_after():
+    from bpc.bench.machine import BackgroundLoad
+    with BackgroundLoad(2) as load:
+        pids = [p.pid for p in load.procs]
+        assert len(pids) == 2 and all(p.poll() is None for p in load.procs)
+        procs = list(load.procs)
+    assert all(p.poll() is not None for p in procs)
 
 
 def test_bench_strict_fails_when_a_compiled_step_is_more_than_twice_slower(monkeypatch, capsys):

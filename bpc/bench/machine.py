@@ -105,3 +105,30 @@ def set_threads(n):
     if n:
         import scipy.linalg.cython_blas  # noqa: F401
         bpc.set_num_threads(n)
+
+
+class BackgroundLoad:
+    """`n` processes that keep one core each busy (a tight Python loop)
+    while the block runs: what a shared machine does to a benchmark. They
+    start niced to 0 like any user program and are killed on exit."""
+
+    def __init__(self, n):
+        self.n = n
+        self.procs = []
+
+    def __enter__(self):
+        import subprocess
+        import sys
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+        return False

@@ -41,7 +41,7 @@ from bpc.models import WORKLOADS, ModelError, load as load_model
 
 from . import references
 from .harness import child_env, run_child, summarize
-from .machine import busy_warning, describe_threads, load_average, machine_info, thread_info
+from .machine import BackgroundLoad, busy_warning, describe_threads, load_average, machine_info, thread_info
 from .report import format_table, write_results
 from .steps import LR
 
@@ -172,7 +172,9 @@ def _echo_report(report, threads, echo):
     report["notes"].append("per-step times: median over rounds, spread = half the interquartile range; "
                            "the machine may be shared, so compare ratios from one run")
     loaded = busy_warning(threads, [r["load_before"] for r in report["workloads"]])
-    if loaded:
+    if report["settings"].get("busy"):
+        echo(f"note: {report['settings']['busy']} busy process(es) spun on the cores during the run (--busy)")
+    elif loaded:
         report["notes"].append(loaded)
         echo(f"note: {loaded}")
     echo(format_table(report["workloads"]))
@@ -189,8 +191,9 @@ def _echo_report(report, threads, echo):
 
 
 def run(models=None, batch_size=None, target="cpu", threads=None, compare=COMPARE, rounds=15,
-        min_round_s=0.05, startup=True, out_dir=None, progress=True, echo=print):
-    """Run the benchmark; returns the report dict (and writes files to out_dir)."""
+        min_round_s=0.05, startup=True, out_dir=None, progress=True, echo=print, busy=0):
+    """Run the benchmark; returns the report dict (and writes files to out_dir).
+    busy: processes kept spinning (one core each) during the measurements."""
     workloads = resolve_workloads(models, batch_size)
     compare = [c for c in compare if c]
     steps_per = (1 if startup else 0) + rounds * (1 + len(compare))
@@ -201,12 +204,13 @@ def run(models=None, batch_size=None, target="cpu", threads=None, compare=COMPAR
     report = {"benchmark": "mlp_step", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine_info(), "settings": {"target": target, "threads": threads, "rounds": rounds,
                                                      "min_round_s": min_round_s, "compare": compare,
-                                                     "lr": LR, "optimizer": "sgd"},
+                                                     "lr": LR, "optimizer": "sgd", "busy": busy},
               "workloads": [], "notes": []}
     try:
-        for name, model, batch in workloads:
-            report["workloads"].append(bench_workload(name, model, batch, target, threads, compare, rounds,
-                                                      min_round_s, startup, bar))
+        with BackgroundLoad(busy):
+            for name, model, batch in workloads:
+                report["workloads"].append(bench_workload(name, model, batch, target, threads, compare, rounds,
+                                                          min_round_s, startup, bar))
     finally:
         if bar is not None:
             bar.close()
@@ -236,6 +240,8 @@ def add_arguments(ap):
     ap.add_argument("--min-round-s", type=float, default=0.05, help="minimum seconds per round (default 0.05)")
     ap.add_argument("--quick", action="store_true", help="a very short run (3 rounds of >= 5 ms)")
     ap.add_argument("--no-startup", action="store_true", help="skip the cold-compile and warm-start processes")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N processes spinning during the run, one core each (a shared machine)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--out", default=None, metavar="DIR", help="folder for mlp_step.json/.csv/.png")
 
@@ -276,7 +282,7 @@ def main(argv=None):
     except (ValueError, ModelError) as e:
         ap.error(str(e))
     run(args.model, args.batch_size, args.target, args.threads, compare, args.rounds, args.min_round_s,
-        not args.no_startup, args.out or "bench_results", not args.no_progress)
+        not args.no_startup, args.out or "bench_results", not args.no_progress, busy=args.busy)
 
 
 if __name__ == "__main__":
