@@ -385,3 +385,30 @@ def test_only_kernels_with_enough_work_run_in_parallel():
         return
     assert "parallel" in choice and "serial" in choice
     assert {c.variant for c in f.backend.compiles["mixed"]} == {"serial", "parallel"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sgd_updates_of_weights_fold_into_their_matrix_products(dtype):
+    """`W - lr * (hᵀ @ g)` runs as one BLAS call accumulating into W (no
+    gradient buffer, no update loop), unless the product reads W itself or
+    its gradient is also returned; every case matches the interpreter."""
+    x = bpc.input("x", (None, 4), dtype=dtype)
+    W = bpc.param("W", (4, 4), init="glorot_uniform", seed=1, dtype=dtype)
+    V = bpc.param("V", (4, 3), init="glorot_uniform", seed=2, dtype=dtype)
+    b = bpc.param("b", (3,), init="zeros", dtype=dtype)
+    loss = bpc.sum(bpc.tanh(bpc.tanh(x @ W) @ V + b) ** 2)
+    gW, gV, gb = bpc.grad(loss, [W, V, b])
+    A = bpc.constant(np.eye(4) * 0.5, dtype=dtype)
+    cases = {"folded": ({W: W - 0.1 * gW, V: V - 0.1 * gV, b: b - 0.1 * gb}, [loss], 2),
+             "product reads W": ({W: W - 0.1 * (W @ A), V: V - 0.1 * gV}, [loss], 1),
+             "gradient returned": ({W: W - 0.1 * gW, V: V - 0.1 * gV}, [loss, gV], 1)}
+    X = np.random.default_rng(2).normal(size=(5, 4)).astype(dtype)
+    for name, (updates, outs, folded) in cases.items():
+        for p, seed in ((W, 1), (V, 2), (b, 3)):
+            p.value = np.random.default_rng(seed).normal(size=p.shape).astype(dtype) * 0.5
+        f = bpc.function([x], outs, updates=updates, target="cpu", check=True)
+        kinds = [k.describe().split(": ", 1)[1] for k in f.backend.plan.kernels]
+        want = folded if blas.numpy_gemm() else 0
+        assert kinds.count("matmul [matmul, mul, sub]") == want, (name, kinds)
+        for _ in range(3):
+            f(X)

@@ -44,7 +44,7 @@ class CompiledBackend:
 
     def __init__(self, program):
         self.program = program
-        self.plan = make_plan(program)
+        self.plan = make_plan(program, **self.plan_options())
         self.compile_seconds = {}
         self._input_pos = {t.id: i for i, t in enumerate(program.inputs)}
         self._written = [p for p, _ in program.updates]
@@ -53,6 +53,10 @@ class CompiledBackend:
         self._snap = [b for b in bases.values() if b.op is None and b.id in updated]
         self._pool = {}
         self._pool_lock = threading.Lock()
+
+    def plan_options(self):
+        """Keyword options of `passes.fuse.plan` this target supports."""
+        return {}
 
     def kernel_of(self):
         return self.plan.kernel_of()

@@ -199,8 +199,11 @@ def _plan_groups(order):
     return groups, groups.group_of
 
 
-def plan(program):
-    """Turn a `Program` into kernels, an order, in-place updates and buffers."""
+def plan(program, gemm_updates=False):
+    """Turn a `Program` into kernels, an order, in-place updates and buffers.
+    gemm_updates: the target's matrix products can accumulate into their
+    output (C = alpha * A @ B + C), so SGD-style updates of a product fold
+    into it (`_fold_updates_into_products`)."""
     roots = program.roots
     order = topo_sort(roots)
     position = {n.id: k for k, n in enumerate(order)}
@@ -240,7 +243,8 @@ def plan(program):
         k.reads = list(reads.values())
 
     in_place, copies, snapshot_values, order_k = _schedule(kernels, kernel_of_node, program, users,
-                                                           {o.id for o in program.outputs})
+                                                           {o.id for o in program.outputs},
+                                                           inline if gemm_updates else None)
     for idx, k in enumerate(order_k):
         k.name = f"k{idx}_{k.nodes[-1].op.name}"  # no node ids: the source must be stable
     buffers, specs = _assign_buffers(order_k, in_place, roots, inline)
@@ -259,9 +263,11 @@ def _base(n):
     return n
 
 
-def _schedule(kernels, kernel_of_node, program, users, output_ids):
+def _schedule(kernels, kernel_of_node, program, users, output_ids, gemm_inline=None):
     """Order kernels; write each update straight into its parameter when the
-    old value is not needed afterwards, else into a temporary copied last."""
+    old value is not needed afterwards, else into a temporary copied last.
+    With `gemm_inline` (the inlined constants), updates `p - c * (A @ B)`
+    fold into their matrix product."""
     index = {id(k): i for i, k in enumerate(kernels)}
     edges = {i: set() for i in range(len(kernels))}   # i -> kernels that must run after i
     for i, k in enumerate(kernels):
@@ -316,10 +322,54 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids):
     # Copies write one after another; the values that are updated leaves
     # themselves ({A: B, B: A}) are first saved to workspace buffers.
     snapshots = [v for _, v in copies if _base(v).op is None and _base(v).id in updated]
+    absorbed = set()
+    if gemm_inline is not None:
+        edges, absorbed = _fold_updates_into_products(kernels, kernel_of_node, in_place, users, edges, index,
+                                                      gemm_inline, output_ids)
     order = _topo(edges)
     if order is None:   # fusion keeps the kernel graph acyclic; this is a bpc bug
         raise AssertionError("fusion planned kernels that depend on each other in a cycle")
-    return in_place, copies, snapshots, [kernels[i] for i in order]
+    return in_place, copies, snapshots, [kernels[i] for i in order if i not in absorbed]
+
+
+def _fold_updates_into_products(kernels, kernel_of_node, in_place, users, edges, index, inline, output_ids):
+    """SGD's update of a weight, `p - c * (A @ B)` written in place, folds
+    into the product: BLAS computes p = (-c) * A @ B + p, so the gradient
+    needs no buffer and the update no loop of its own. Legal when the
+    gradient and the scaled gradient are read only by the update, the
+    product does not read p, and every other kernel reading p can run
+    before the product. Returns (edges, indices of the absorbed kernels)."""
+    absorbed = set()
+    for vid, param in list(in_place.items()):
+        k = kernel_of_node[vid]
+        if len(k.nodes) != 2:
+            continue
+        mul, sub = k.nodes
+        if (sub.id != vid or sub.op.name != "sub" or mul.op.name != "mul" or sub.inputs[0] is not param
+                or sub.inputs[1] is not mul or sum(i.id in inline for i in mul.inputs) != 1):
+            continue
+        g = next(i for i in mul.inputs if i.id not in inline)
+        km = kernel_of_node.get(g.id)
+        if (km is None or km.form != "matmul" or len(km.nodes) != 1 or g.shape != param.shape
+                or g.dtype != param.dtype or g.id in output_ids
+                or [u.id for u in users[g.id]] != [mul.id] or [u.id for u in users[mul.id]] != [sub.id]
+                or any(_base(i).id == param.id for i in g.inputs)):
+            continue
+        i, j = index[id(km)], index[id(k)]
+        readers = [r for r, other in enumerate(kernels) if r not in (i, j)
+                   and any(_base(x).id == param.id for x in other.reads)]
+        trial = {a: set(b) - {j} for a, b in edges.items()}
+        trial[j] = set()
+        for r in readers:
+            trial[r].add(i)
+        if _topo(trial) is None:
+            continue
+        edges = trial
+        absorbed.add(j)
+        km.nodes = [g, mul, sub]
+        km.stores = []
+        kernel_of_node[mul.id] = kernel_of_node[sub.id] = km
+    return edges, absorbed
 
 
 def _topo(edges):

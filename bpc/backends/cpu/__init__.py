@@ -33,7 +33,7 @@ from .. import threads
 from .. import residency
 from ..base import CompiledBackend
 from ..cache import has_compiled, load_module, record_compiled, verify_compiled
-from . import workers
+from . import blas, workers
 from .codegen import Generator, KERNEL_PREFIX, FASTMATH_FLAGS
 from .runner import RUNNER_PREFIX, runner_source
 
@@ -147,6 +147,10 @@ class CpuBackend(CompiledBackend):
                                    f"(C-contiguous: {v.flags.c_contiguous}); bpc expected a C-contiguous "
                                    f"{t.dtype} array of shape {t.shape}")
         self._parallel = parallel
+
+    def plan_options(self):
+        # Products through NumPy's CBLAS gemm can accumulate: SGD updates fold into them.
+        return {"gemm_updates": blas.numpy_gemm() is not None}
 
     def make_workspace(self, batch):
         bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]

@@ -276,12 +276,16 @@ class Generator:
         # arrays, a transposed view passes its base with the transpose flag.
         w.uses_blas = True
         (a, ta), (b, tb) = (self._gemm_operand(i, w) for i in n.inputs)
-        out = w.array(n)
         fn = w.address(blas.Address(self.gemm.address(n.dtype), self.gemm.symbol(n.dtype)))
         inner = f"{a}.shape[{0 if ta == blas.TRANS else 1}]"
-        one, zero = typed_const(1.0, n.dtype), typed_const(0.0, n.dtype)
+        if len(k.nodes) == 3:   # [product, c * product, p - c * product]: p += (-c) * A @ B, in place
+            mul, update = k.nodes[1:]
+            c = next(self.plan.inline[i.id] for i in mul.inputs if i.id in self.plan.inline)
+            out, alpha, beta = w.array(update), typed_const(-c, n.dtype), typed_const(1.0, n.dtype)
+        else:
+            out, alpha, beta = w.array(n), typed_const(1.0, n.dtype), typed_const(0.0, n.dtype)
         w.emit(f"cblas_gemm({fn}, {self.gemm.index_bits}, {ta}, {tb}, {out}.shape[0], {out}.shape[1], {inner}, "
-               f"{one}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], {zero}, "
+               f"{alpha}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], {beta}, "
                f"{out}.ctypes.data, {out}.shape[1])", 1)
 
     def _gemm_operand(self, t, w):
