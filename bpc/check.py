@@ -51,9 +51,7 @@ def _to_float64(cost, leaves):
                 return constant(node._value, dtype=np.float64)
             return node
         attrs = dict(node.attrs)
-        if node.op.name == "cast" and np.dtype(attrs["dtype"]).kind == "f":
-            attrs["dtype"] = "float64"
-        if node.op.name == "random_uniform":
+        if "dtype" in attrs and np.dtype(attrs["dtype"]).kind == "f":   # casts, random numbers
             attrs["dtype"] = "float64"
         from .ops.core import apply
         new = apply(node.op, inputs, attrs)

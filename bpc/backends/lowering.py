@@ -105,41 +105,57 @@ def reduced_index(r, shape):
 
 
 def acc_dtype(r):
-    """The dtype reduction r accumulates in: its own for a float max; float64
-    for float sums and means, because float32 running sums drift (the
-    NumPy reference accumulates the same way); int64 for the rest."""
-    if r.op.name == "max" and r.dtype.kind == "f":
+    """The dtype reduction r accumulates in (`Reduction.wide`): float64 for
+    float sums and means, because float32 running sums drift (the NumPy
+    reference accumulates the same way), int64 for integer ones; a float max
+    keeps its dtype."""
+    if not r.op.reduction.wide and r.dtype.kind == "f":
         return r.dtype
     return np.dtype("float64") if r.dtype.kind == "f" else np.dtype("int64")
 
 
 def acc_init(r):
-    """Initial accumulator: the smallest value for max, 0 for sums."""
+    """Initial accumulator: the identity of the reduction's fold."""
     dtype = acc_dtype(r)
-    if r.op.name == "max":
+    if r.op.reduction.combine == "max":
         return typed_const(-math.inf, dtype) if dtype.kind == "f" else f"int64({np.iinfo(np.int64).min})"
     return typed_const(0, dtype)
 
 
 def accumulate(r, acc, x):
     """Lines (relative indentation, text) folding x into the accumulator."""
-    if r.op.name == "max":  # keeps NaN, as np.max does
+    if r.op.reduction.combine == "max":  # keeps NaN, as np.max does
         return [(0, f"if {x} > {acc} or {x} != {x}:"), (1, f"{acc} = {x}")]
     return [(0, f"{acc} += {x}")]
 
 
 def acc_final(r, acc):
     """The stored value of reduction r from its accumulator."""
-    if r.op.name == "mean":
+    if r.op.reduction.mean:
         count = " * ".join(dim_expr(r.inputs[0].shape[a]) for a in r.attrs["axis"]) or "1"
         return f"{r.dtype.name}({acc} / ({count}))"
     return f"{r.dtype.name}({acc})"
 
 
+def kernel_emitter(generator, k, target):
+    """The method of a target's code generator that writes kernel k: its
+    emitters are its `_kernel_<form>` methods, one per kernel form (`loop`,
+    or an op's `kernel`). A form without one is an error naming the op and
+    the target, raised when the function is built."""
+    emit = getattr(generator, f"_kernel_{k.form}", None)
+    if emit is None:
+        from ..errors import CompileError
+        op = k.nodes[0]
+        raise CompileError(f"op '{op.op.name}' ('{op.name}', built at {op.where}) has no kernel on target "
+                           f"'{target}': its kernel form '{k.form}' needs an emitter `_kernel_{k.form}` in "
+                           f"bpc/backends/{target}/codegen.py; target 'interpret' runs it")
+    return emit
+
+
 def view_chain(t):
     """t, then the views it is made of, down to the buffer they alias."""
     chain = [t]
-    while t.op is not None and t.op.name in ("transpose", "reshape"):
+    while t.op is not None and t.op.is_view:
         t = t.inputs[0]
         chain.append(t)
     return chain

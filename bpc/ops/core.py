@@ -11,8 +11,21 @@ An op bundles, side by side:
     as Python source, shared by the CPU loop bodies and the CUDA kernels.
 
 `iteration` tells the passes and code generators how the op iterates:
-"elementwise", "reduce" (over `attrs['axis']`), or "other".
+"elementwise", "reduce" (over `attrs['axis']`), or "other". The other facts
+the passes and code generators need are on the op too, not looked up by
+its name:
+  * `reduction`: for reductions fused into loop nests, how they fold
+    elements (a `Reduction`);
+  * `kernel`: for ops that are no loop member, the form of the kernel that
+    runs them ("matmul", "view", "random", ...; default: the op's name);
+    each compiled target has an emitter per form (`_kernel_<form>` of its
+    code generator), and a missing one is an error naming op and target;
+    a "view" aliases its input's buffer (transpose, reshape);
+  * `pure`: the same inputs give the same value (False for random numbers,
+    which the passes never fold or merge).
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -21,19 +34,51 @@ from ..graph.tensor import Tensor, constant, format_shape, FLOAT_DTYPES
 OPS = {}
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """How a reduction folds the elements it reduces: the accumulator starts
+    at the fold's identity, takes each element with `combine` ("add", or
+    "max", which keeps NaN as np.max does), and is divided by the element
+    count at the end when `mean`. `wide`: float sums accumulate in float64
+    (a float32 running sum drifts) and integer ones in int64; a max keeps
+    the dtype of its values."""
+    combine: str
+    mean: bool = False
+    wide: bool = True
+
+    def __post_init__(self):
+        if self.combine not in ("add", "max"):
+            raise ValueError(f"Reduction: combine must be 'add' or 'max', got {self.combine!r}")
+
+
 class Op:
-    def __init__(self, name, iteration, infer, numpy, grad=None, scalar=None, doc=""):
+    def __init__(self, name, iteration, infer, numpy, grad=None, scalar=None, doc="", reduction=None,
+                 kernel=None, pure=True):
         # Defining an op again under its name replaces it in the registry
         # (re-running a notebook cell); nodes already built keep the Op
         # object they were built with.
+        if iteration not in ("elementwise", "reduce", "other"):
+            raise ValueError(f"op {name!r}: iteration must be 'elementwise', 'reduce' or 'other', "
+                             f"got {iteration!r}")
+        if iteration == "reduce" and reduction is None and kernel is None:
+            raise ValueError(f"op {name!r}: a reduce op needs a Reduction (how it folds) or a kernel of its own")
         self.name = name
         self.iteration = iteration
         self.infer = infer
         self.numpy = numpy
         self.grad = grad
         self.scalar = scalar
+        self.reduction = reduction
+        # Ops that loop nests cannot hold run in a kernel of their own.
+        self.kernel = kernel if kernel is not None or iteration != "other" else name
+        self.pure = pure
         self.__doc__ = doc
         OPS[name] = self
+
+    @property
+    def is_view(self):
+        """Whether the op's value is a view of its input's buffer."""
+        return self.kernel == "view"
 
     def __repr__(self):
         return f"<bpc op {self.name}>"

@@ -126,7 +126,7 @@ random_uniform = Op(
     "random_uniform", "other",
     lambda inputs, attrs: (attrs["shape"], np.dtype(attrs["dtype"])),
     _uniform_np, lambda n, g: (None,),
-    doc="Uniform [0, 1) numbers of a given shape from (seed, counter, index).")
+    doc="Uniform [0, 1) numbers of a given shape from (seed, counter, index).", kernel="random", pure=False)
 
 
 def dropout(x, rate=0.5, seed=0, training=True, counter=None):

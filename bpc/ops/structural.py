@@ -3,7 +3,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph.tensor import Tensor, as_shape, format_shape
-from .core import Op, checking, lift, normalize_axes, require_float
+from .core import Op, Reduction, checking, lift, normalize_axes, require_float
 from .elementwise import equal, cast
 
 
@@ -86,14 +86,15 @@ def _max_grad(n, g):
 
 
 _sum = Op("sum", "reduce", _reduce_infer("sum"), _sum_np,
-          lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape),))
+          lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape),), reduction=Reduction("add"))
 _mean = Op("mean", "reduce", _reduce_infer("mean"), _mean_np,
            lambda n, g: (broadcast_to(_expand(g, n), n.inputs[0].shape)
-                         / size_of(n.inputs[0], n.attrs["axis"]),))
-_max = Op("max", "reduce", _reduce_infer(nonempty=True), _np_reduce(np.max), _max_grad)
+                         / size_of(n.inputs[0], n.attrs["axis"]),), reduction=Reduction("add", mean=True))
+_max = Op("max", "reduce", _reduce_infer(nonempty=True), _np_reduce(np.max), _max_grad,
+          reduction=Reduction("max", wide=False))
 _argmax = Op("argmax", "reduce", _reduce_infer("index", nonempty=True),
              lambda attrs, shape, x: np.argmax(x, axis=attrs["axis"][0], keepdims=attrs["keepdims"]),
-             None)
+             None, kernel="argmax")
 
 
 def _reduction(op, x, axis, keepdims):
@@ -169,7 +170,7 @@ def _transpose_infer(inputs, attrs):
 
 _transpose = Op("transpose", "other", _transpose_infer,
                 lambda attrs, shape, x: np.transpose(x, attrs["axes"]),
-                lambda n, g: (transpose(g, tuple(np.argsort(n.attrs["axes"]).tolist())),))
+                lambda n, g: (transpose(g, tuple(np.argsort(n.attrs["axes"]).tolist())),), kernel="view")
 
 
 def transpose(x, axes=None):
@@ -212,7 +213,7 @@ def _reshape_infer(inputs, attrs):
 
 _reshape = Op("reshape", "other", _reshape_infer,
               lambda attrs, shape, x: x.reshape(shape),
-              lambda n, g: (reshape(g, n.inputs[0].shape),))
+              lambda n, g: (reshape(g, n.inputs[0].shape),), kernel="view")
 
 
 def reshape(x, shape):

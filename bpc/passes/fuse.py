@@ -7,9 +7,11 @@ kernel is written, never what it contains:
   shape, optionally ending in reductions over one set of axes (the bias
   gradient's column sum, a softmax row sum). Inputs of other shapes are read
   with broadcast indexing; members used outside the kernel are stored.
-* `matmul`: a BLAS call; transposed operands are passed as views.
-* `view`: transpose and reshape, which alias their input's buffer.
-* `random`, `size_of`, `argmax`: small dedicated loops.
+* every other op runs in a kernel of its own, of the form its `Op.kernel`
+  names: `matmul` (a BLAS call; transposed operands are passed as views),
+  `view` (transpose and reshape, which alias their input's buffer),
+  `random`, `size_of`, `argmax` (small dedicated loops), ...; a target
+  without an emitter for a form says so when it compiles.
 
 Then: kernels are ordered (updates written in place into the parameter when
 nothing later reads its old value), and buffers are assigned so that
@@ -26,13 +28,11 @@ from ..graph.traverse import topo_sort, consumers
 MAX_KERNEL_NODES = 64
 MAX_KERNEL_REDUCTIONS = 8
 
-LOOP_OPS_OTHER = {"random_uniform": "random", "size_of": "size_of", "argmax": "argmax",
-                  "matmul": "matmul", "transpose": "view", "reshape": "view"}
 
 
 @dataclass
 class Kernel:
-    form: str                       # loop | matmul | view | random | size_of | argmax
+    form: str                       # loop, or the op's `kernel` (matmul | view | random | ...)
     nodes: list                     # members in execution order
     shape: tuple = ()               # iteration shape (loop kernels)
     axes: tuple = ()                # reduced axes (loop kernels with reductions)
@@ -66,7 +66,9 @@ class Plan:
 
 
 def is_loop_node(n):
-    return n.op is not None and n.op.iteration in ("elementwise", "reduce") and n.op.name not in LOOP_OPS_OTHER
+    """Whether n is fused into loop nests (elementwise ops and reductions
+    without a kernel of their own)."""
+    return n.op is not None and n.op.kernel is None
 
 
 class _Groups:
@@ -226,7 +228,7 @@ def plan(program, gemm_updates=False):
             k = Kernel("loop", members, groups.shape[g], groups.axes[g])
             seen_groups[g] = k
         else:
-            k = Kernel(LOOP_OPS_OTHER[n.op.name], [n])
+            k = Kernel(n.op.kernel, [n])
         kernels.append(k)
         for m in k.nodes:
             kernel_of_node[m.id] = k
@@ -258,7 +260,7 @@ def plan(program, gemm_updates=False):
 
 def _base(n):
     """The node whose buffer a view aliases."""
-    while n.op is not None and LOOP_OPS_OTHER.get(n.op.name) == "view":
+    while n.op is not None and n.op.is_view:
         n = n.inputs[0]
     return n
 

@@ -62,7 +62,7 @@ def fold_constants(roots):
     """Evaluate ops whose inputs are all constants (small results only)."""
     def rewrite(node, inputs):
         node = copy_with(node, inputs) if node.op else node
-        if (node.op is None or node.op.name in ("random_uniform", "size_of") or not inputs
+        if (node.op is None or not node.op.pure or not inputs
                 or not all(i.kind == "constant" for i in inputs) or None in node.shape
                 or int(np.prod(node.shape)) > FOLD_MAX_ELEMENTS):
             return node
@@ -168,8 +168,8 @@ def eliminate_common_subexpressions(roots):
     def rewrite(node, inputs):
         if node.kind == "constant" and node._value.size <= 64:
             key = ("const", node.dtype.str, node.shape, node._value.tobytes())
-        elif node.op is not None and node.op.name != "random_uniform":
-            key = (node.op.name, tuple(i.id for i in inputs), _attr_key(node.attrs))
+        elif node.op is not None and node.op.pure:
+            key = (node.op, tuple(i.id for i in inputs), _attr_key(node.attrs))
         else:
             return node
         if key in seen:

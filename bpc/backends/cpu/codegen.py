@@ -34,7 +34,7 @@ import math
 from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
 from . import blas
-from ..lowering import (typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
+from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
 # No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
@@ -81,7 +81,7 @@ class KernelWriter:
         gen = self.gen
         if n.id in gen.plan.in_place:
             name = self.array(gen.plan.in_place[n.id])
-        elif n.op is not None and n.op.name in ("transpose", "reshape"):
+        elif n.op is not None and n.op.is_view:
             # In a flat loop a reshape is its base: the same elements in the same order.
             name = self._view(n) if self.flat is None else self.array(view_chain(n)[-1])
         else:
@@ -199,7 +199,7 @@ class Generator:
                 continue
             ops = ", ".join(n.op.name for n in k.nodes)
             w = KernelWriter(self, f"{k.form} [{ops}]", sizes_at_run_time=k.form == "matmul")
-            getattr(self, f"_kernel_{k.form}")(k, w)
+            kernel_emitter(self, k, "cpu")(k, w)
             if w.flat is not None:
                 w.describe += f" over {w.flat[1:-2]} elements, flat"
             elif k.form == "loop":
@@ -397,7 +397,7 @@ class Generator:
         outer = [a for a in range(len(bounds)) if a not in k.axes]
         # prange over the first loop; a full reduction may race only on sums,
         # which Numba turns into per-thread partials.
-        first_parallel = bool(outer) or all(r.op.name in ("sum", "mean") for r in reductions)
+        first_parallel = bool(outer) or all(r.op.reduction.combine == "add" for r in reductions)
         depth = 1
         for j, a in enumerate(outer):
             w.emit(f"for i{a} in {'prange' if j == 0 else 'range'}({bounds[a]}):", depth)

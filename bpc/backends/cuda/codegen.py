@@ -44,7 +44,7 @@ import numpy as np
 
 from ...ops import nn as nn_ops
 from ...ops.nn import uniform_hash
-from ..lowering import (typed_const, ScalarContext, Names, dim_expr, operand_axes, reduced_axes,
+from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, operand_axes, reduced_axes,
                         acc_dtype, acc_init, accumulate, acc_final, size_expr, linear_index, split_index,
                         flat_offset, inline_function, view_chain)
 
@@ -112,7 +112,7 @@ class Generator:
 
     def _finish(self, form, launch, describe, scalars=("N",), reductions=()):
         args = list(scalars) + self._args
-        sums = [r for r in reductions if r.op.name in ("sum", "mean") and r.dtype.kind == "f"]
+        sums = [r for r in reductions if r.op.reduction.combine == "add" and r.dtype.kind == "f"]
         f64 = any(dt == np.float64 for dt in self._dtypes.values()) or any(
             n.dtype == np.float64 for n in self._nodes)
         source = self._module_source(form, scalars)
@@ -120,7 +120,7 @@ class Generator:
         if module == len(self.kernel_sources):
             self.kernel_sources.append(source)
         self.specs.append(KernelSpec(self._kernel_name, form, args, launch, describe, dict(self._dtypes),
-                                     len(sums), sum(r.op.name == "mean" for r in sums), f64, module))
+                                     len(sums), sum(r.op.reduction.mean for r in sums), f64, module))
         return [f"# {describe}: module {module}({', '.join(args)})"]
 
     def _module_source(self, form, scalars):
@@ -173,7 +173,7 @@ class Generator:
             self._start(f"k{count}_{self.names[last]}", k.nodes)
             count += 1
             describe = f"{self._kernel_name}: {k.form} [{', '.join(n.op.name for n in k.nodes)}]"
-            out += getattr(self, f"_kernel_{k.form}")(k, describe)
+            out += kernel_emitter(self, k, "cuda")(k, describe)
         # Updates not written in place, after every kernel: values that are
         # themselves updated leaves are saved first ({A: B, B: A} swaps).
         snapshots = self.plan.snapshots
