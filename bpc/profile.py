@@ -199,12 +199,12 @@ def gemm_library(which="scipy"):
 
 
 def _gemm_of(backend):
-    """Which BLAS the step's matrix products call: NumPy's where its kernels
-    call a CBLAS gemm, else SciPy's (through Numba's np.dot)."""
-    sources = getattr(backend, "kernel_sources", ())
-    if any("np.dot(" in s for s in sources):
+    """Which BLAS the step's matrix products call: SciPy's where its kernels
+    call Numba's np.dot, else NumPy's (which bpc calls directly)."""
+    from .backends.cpu import blas
+    if any("np.dot(" in s for s in getattr(backend, "kernel_sources", ())):
         return "scipy"
-    return "numpy" if any("cblas" in s for s in sources) else "scipy"
+    return "numpy" if blas.numpy_gemm() is not None else "scipy"
 
 
 def _numba_threads():

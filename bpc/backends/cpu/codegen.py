@@ -33,7 +33,7 @@ import math
 
 from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
-from . import blas
+from . import blas, conv
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_init, accumulate, acc_final, view_chain)
 
@@ -304,6 +304,11 @@ class Generator:
         if len(chain) > 1 and not (len(chain) == 2 and chain[0].op.name == "transpose"):
             return f"np.ascontiguousarray({expr})"
         return expr
+
+    # Convolutions (bpc/ops/conv.py): loop nests of their own, in conv.py.
+    _kernel_conv2d = conv.emit_conv2d
+    _kernel_conv2d_grad_input = conv.emit_conv2d_grad_input
+    _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
 
     def _kernel_size_of(self, k, w):
         n = k.node
