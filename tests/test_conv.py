@@ -137,3 +137,106 @@ def test_shape_errors_name_the_problem_and_the_users_line(make, message):
     x = bpc.input("x", (None, 2, 5, 5))
     with pytest.raises(ShapeError, match=rf"conv2d: .*{message}.*test_conv\.py"):
         make(x)
+
+
+def reference_max_pool(x, size, stride, padding):
+    """Max pooling and the position each window takes (its first maximum
+    inside the image, NaN counting as the maximum), by plain loops."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = size, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y, where = np.zeros((N, C, OH, OW)), {}
+    for n, c, p, q in itertools.product(range(N), range(C), range(OH), range(OW)):
+        best = None
+        for i, j in itertools.product(range(kh), range(kw)):
+            h, v = p * sh - ph + i, q * sw - pw + j
+            if 0 <= h < H and 0 <= v < W:
+                val = x[n, c, h, v]
+                if best is None or val > best or (np.isnan(val) and not np.isnan(best)):
+                    best, where[n, c, p, q] = val, (h, v)
+        y[n, c, p, q] = best
+    return y, where
+
+
+POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1)), ((3, 3), (2, 2), (1, 0))]
+
+
+@pytest.mark.parametrize("target", ["interpret", "cpu"])
+@pytest.mark.parametrize("pool", range(len(POOLS)))
+def test_pooling_and_its_gradients_match_a_loop_reference(target, pool):
+    """Max pooling (with ties, -inf and NaN in the input) and average
+    pooling, and their gradients, on odd sizes and batch 1."""
+    size, stride, padding = POOLS[pool]
+    rng = np.random.default_rng(pool)
+    N = 1 if pool % 2 else 2
+    X = rng.integers(-3, 3, size=(N, 2, 7, 5)).astype(np.float64)   # small integers: many ties
+    X[0, 0, 0, :] = -np.inf
+    X[0, 1, 3, 2] = np.nan
+    x = bpc.input("x", (None, 2, 7, 5), dtype="float64")
+    ymax = bpc.max_pool2d(x, size, stride, padding)
+    yavg = bpc.avg_pool2d(x, size, stride, padding)
+    g = bpc.input("g", (None,) + ymax.shape[1:], dtype="float64")
+    dmax, = bpc.grad(bpc.sum(ymax * g), [x])
+    davg, = bpc.grad(bpc.sum(yavg * g), [x])
+    want, where = reference_max_pool(X, size, stride, padding)
+    G = rng.normal(size=want.shape)
+    want_dmax = np.zeros_like(X)
+    for (n, c, p, q), (h, v) in where.items():
+        want_dmax[n, c, h, v] += G[n, c, p, q]
+    Xf = np.nan_to_num(X, neginf=0.0, nan=0.0)     # average pooling: finite values only
+    area = size[0] * size[1]
+    want_avg = reference_conv(Xf, np.ones((2, 1) + size) / area, stride, padding, (1, 1), 2)
+    want_davg, _ = reference_grads(Xf, np.ones((2, 1) + size) / area, G, stride, padding, (1, 1), 2)
+    f = bpc.function([x, g], [ymax, dmax], target=target)
+    got, got_d = f(X, G)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_d, want_dmax, rtol=1e-12)
+    f = bpc.function([x, g], [yavg, davg], target=target)
+    got, got_d = f(Xf, G)
+    np.testing.assert_allclose(got, want_avg, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_d, want_davg, rtol=1e-12, atol=1e-12)
+
+
+def test_lenet_style_stack_checks_against_finite_differences_and_the_interpreter():
+    """conv - relu - max pool - conv - avg pool - flatten - dense: gradients
+    for every weight against central differences (float64), and one float32
+    SGD step on cpu against the interpreter (check=True)."""
+    rng = np.random.default_rng(5)
+    for dtype, target in (("float64", "interpret"), ("float32", "cpu")):
+        x = bpc.input("x", (None, 1, 10, 10), dtype=dtype)
+        w1 = bpc.param("w1", rng.normal(size=(3, 1, 3, 3)).astype(dtype))
+        w2 = bpc.param("w2", rng.normal(size=(4, 3, 2, 2)).astype(dtype) * 0.5)
+        d = bpc.param("d", rng.normal(size=(4 * 2 * 2, 3)).astype(dtype) * 0.3)
+        h = bpc.max_pool2d(bpc.relu(bpc.conv2d(x, w1, padding=1)), 2)
+        h = bpc.avg_pool2d(bpc.conv2d(h, w2), 2)
+        loss = bpc.sum(bpc.tanh(bpc.flatten(bpc.pad(h, 0)) @ d))
+        X = rng.normal(size=(3, 1, 10, 10)).astype(dtype)
+        if dtype == "float64":
+            assert bpc.check_grad(loss, [w1, w2, d], {x: X}).ok
+        else:
+            grads = bpc.grad(loss, [w1, w2, d])
+            f = bpc.function([x], loss, updates={p: p - 0.01 * gr for p, gr in zip([w1, w2, d], grads)},
+                             target=target, check=True)
+            for _ in range(2):
+                f(X)
+
+
+def test_pad_and_flatten():
+    x = bpc.input("x", (None, 2, 3, 4), dtype="float64")
+    X = np.random.default_rng(0).normal(size=(2, 2, 3, 4))
+    f = bpc.function([x], [bpc.pad(x, (1, 2)), bpc.flatten(x)], target="interpret")
+    padded, flat = f(X)
+    np.testing.assert_array_equal(padded, np.pad(X, ((0, 0), (0, 0), (1, 1), (2, 2))))
+    np.testing.assert_array_equal(flat, X.reshape(2, 24))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x: bpc.max_pool2d(x, 6), "does not fit the 5x5 input"),
+    (lambda x: bpc.max_pool2d(x, 2, padding=2), "at most half the window"),
+    (lambda x: bpc.avg_pool2d(x, 0), "must be positive"),
+    (lambda x: bpc.max_pool2d(bpc.sum(x, axis=1), 2), "expects a 4-d NCHW input"),
+])
+def test_pooling_shape_errors_name_the_users_line(make, message):
+    x = bpc.input("x", (None, 2, 5, 5))
+    with pytest.raises(ShapeError, match=rf"pool2d: .*{message}.*test_conv\.py"):
+        make(x)

@@ -192,3 +192,145 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
         if min(padding) < 0:
             raise ShapeError(f"padding must be >= 0, got {padding}")
     return _conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=int(groups))
+
+
+# ----- pooling -------------------------------------------------------------------------------
+#
+# Max pooling is two ops: `max_pool2d(x, v)` takes, in every window, the
+# element of v at the position of x's maximum (the first one, NaN counting
+# as the maximum, as np.argmax), so the pooling of x is max_pool2d(x, x);
+# `max_pool2d_grad(x, g)` adds each g to the position its window chose.
+# They are each other's gradients for their second operand; the choice of
+# position has no gradient. Average pooling is a depthwise convolution with
+# constant weights.
+
+def _pool_positions(attrs, x):
+    """Per window, the flat kernel offset of x's maximum, (N, C, OH, OW):
+    the first maximum among the positions inside the image (NaN counts as
+    the maximum, as np.argmax)."""
+    _, (ph, pw), _, _ = _geometry(attrs)
+    kh, kw = attrs["kernel_hw"]
+    oh, ow = attrs["out_hw"]
+    pads = ((0, 0), (0, 0), (ph, ph), (pw, pw))
+
+    def windows(a):
+        return np.stack([_window(a, i, j, attrs, oh, ow) for i in range(kh) for j in range(kw)], axis=-1)
+    values = windows(np.pad(x, pads, constant_values=-np.inf))
+    inside = windows(np.pad(np.ones(x.shape, bool), pads))
+    pos = np.argmax(values, axis=-1)[..., None]
+    # A window whose inside values are all -inf: its first inside position.
+    padded = ~np.take_along_axis(inside, pos, axis=-1)
+    pos = np.where(padded, np.argmax(inside, axis=-1)[..., None], pos)
+    return pos[..., 0]
+
+
+def _max_pool_np(attrs, shape, x, v):
+    _, (ph, pw), _, _ = _geometry(attrs)
+    kh, kw = attrs["kernel_hw"]
+    oh, ow = attrs["out_hw"]
+    pos = _pool_positions(attrs, x)
+    vp = np.pad(v, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    values = np.stack([_window(vp, i, j, attrs, oh, ow) for i in range(kh) for j in range(kw)], axis=-1)
+    return np.take_along_axis(values, pos[..., None], axis=-1)[..., 0]
+
+
+def _max_pool_grad_np(attrs, shape, x, g):
+    _, (ph, pw), _, _ = _geometry(attrs)
+    kh, kw = attrs["kernel_hw"]
+    oh, ow = attrs["out_hw"]
+    pos = _pool_positions(attrs, x)
+    N, C, H, W = x.shape
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            _window(dxp, i, j, attrs, oh, ow)[...] += np.where(pos == i * kw + j, g, 0)
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+def _max_pool_infer(inputs, attrs):
+    x, v = inputs
+    _check_operands(x, v, ("input", "values"))
+    return x.shape[:2] + tuple(attrs["out_hw"]), v.dtype
+
+
+def _max_pool_grad_infer(inputs, attrs):
+    x, g = inputs
+    _check_operands(x, g, ("input", "gradient"))
+    return x.shape, g.dtype
+
+
+def _pool_attrs(n):
+    return {k: n.attrs[k] for k in ("stride", "padding", "dilation", "groups", "kernel_hw", "out_hw")}
+
+
+_max_pool2d = Op("max_pool2d", "other", _max_pool_infer, _max_pool_np,
+                 lambda n, g: (None, _max_pool_grad(n.inputs[0], g, **_pool_attrs(n))),
+                 doc="In each window, the element of v where x is largest (max pooling of x: v = x).")
+_max_pool_grad = Op("max_pool2d_grad", "other", _max_pool_grad_infer, _max_pool_grad_np,
+                    lambda n, c: (None, _max_pool2d(n.inputs[0], c, **_pool_attrs(n))),
+                    doc="The gradient of max pooling: each g added where its window's maximum of x is.")
+
+
+def _pool_geometry(x, size, stride, padding):
+    size = _pair(size, "size")
+    stride = size if stride is None else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    if min(size) < 1 or min(stride) < 1 or min(padding) < 0:
+        raise ShapeError(f"size and stride must be positive and padding >= 0, got {size}, {stride}, {padding}")
+    if any(2 * p > k for p, k in zip(padding, size)):
+        raise ShapeError(f"padding {padding} must be at most half the window {size}")
+    if x.ndim != 4 or None in x.shape[1:]:
+        raise ShapeError(f"expects a 4-d NCHW input with only the batch dimension None, got "
+                         f"{format_shape(x.shape)}")
+    out = tuple(_out_size(d, k, s, p, 1) for d, k, s, p in zip(x.shape[2:], size, stride, padding))
+    if min(out) < 1:
+        raise ShapeError(f"a {size[0]}x{size[1]} window does not fit the {x.shape[2]}x{x.shape[3]} input "
+                         f"padded by {padding[0]}x{padding[1]}")
+    return size, stride, padding, out
+
+
+def max_pool2d(x, size, stride=None, padding=0):
+    """Max pooling over `size` windows (an int or a pair) of an NCHW input,
+    moved by `stride` (default: the window size), the input padded by
+    `padding` (which no window takes as its maximum), as
+    `torch.nn.functional.max_pool2d`."""
+    x = lift(x)
+    with checking("max_pool2d", x):
+        require_float((x,), "max_pool2d")
+        size, stride, padding, out = _pool_geometry(x, size, stride, padding)
+    return _max_pool2d(x, x, stride=stride, padding=padding, dilation=(1, 1), groups=1, kernel_hw=size,
+                       out_hw=out)
+
+
+def avg_pool2d(x, size, stride=None, padding=0):
+    """Average pooling over `size` windows of an NCHW input (padded zeros
+    count, as PyTorch's default `count_include_pad=True`): a depthwise
+    convolution with weights 1/(window area)."""
+    x = lift(x)
+    with checking("avg_pool2d", x):
+        require_float((x,), "avg_pool2d")
+        size, stride, padding, _ = _pool_geometry(x, size, stride, padding)
+    C = x.shape[1]
+    weights = np.full((C, 1) + size, 1.0 / (size[0] * size[1]), dtype=x.dtype)
+    return conv2d(x, weights, stride=stride, padding=padding, groups=C)
+
+
+def flatten(x):
+    """(N, d1, d2, ...) -> (N, d1*d2*...): what a Dense layer after
+    convolutions takes."""
+    from .structural import reshape
+    x = lift(x)
+    return reshape(x, (x.shape[0], int(np.prod(x.shape[1:]))))
+
+
+def pad(x, padding):
+    """Pad the two last (spatial) axes of an NCHW input with `padding` zeros
+    on each side (an int or a pair): a depthwise convolution with a 1x1
+    identity kernel and that padding (its gradient crops)."""
+    x = lift(x)
+    with checking("pad", x):
+        if x.ndim != 4:
+            raise ShapeError(f"expects a 4-d NCHW input, got {format_shape(x.shape)}")
+        padding = _pair(padding, "padding")
+    C = x.shape[1]
+    return conv2d(x, np.ones((C, 1, 1, 1), dtype=x.dtype), padding=padding, groups=C)

@@ -305,10 +305,12 @@ class Generator:
             return f"np.ascontiguousarray({expr})"
         return expr
 
-    # Convolutions (bpc/ops/conv.py): loop nests of their own, in conv.py.
+    # Convolutions and pooling (bpc/ops/conv.py): loop nests of their own, in conv.py.
     _kernel_conv2d = conv.emit_conv2d
     _kernel_conv2d_grad_input = conv.emit_conv2d_grad_input
     _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
+    _kernel_max_pool2d = conv.emit_max_pool2d
+    _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
 
     def _kernel_size_of(self, k, w):
         n = k.node

@@ -1,4 +1,5 @@
-"""CPU kernels of the convolution ops (`bpc/ops/conv.py`): direct loops.
+"""CPU kernels of the convolution and pooling ops (`bpc/ops/conv.py`):
+direct loops.
 
 Each kernel walks the kernel offsets (c, i, j) and, for every output row
 whose input row lies inside the image, the run of output columns whose
@@ -75,3 +76,55 @@ def emit_conv2d_grad_weight(gen, k, w):
     w.emit(f"{dwa}[o] = 0", 2)
     w.emit("for b in range(N):", 2)
     _offsets(w, g, 3, f"{dwa}[o, c, i, j] += {ga}[b, o, oh, ow] * {xa}[b, c0 + c, hh, ww]")
+
+
+def _pool_search(w, n, x, xa, depth):
+    """Lines finding, in window (oh, ow) of image (b, c), the position
+    (bh, bw) of x's first maximum inside the image (NaN counts as the
+    maximum, as np.argmax)."""
+    (sh, sw), (ph, pw) = n.attrs["stride"], n.attrs["padding"]
+    kh, kw = n.attrs["kernel_hw"]
+    H, W = x.shape[2:]
+    for line in [f"best = {xa}[b, c, 0, 0]", "bh = -1", "bw = -1",
+                 f"for i in range({kh}):",
+                 f"    hh = oh * {sh} - {ph} + i",
+                 f"    if hh >= 0 and hh < {H}:",
+                 f"        for j in range({kw}):",
+                 f"            ww = ow * {sw} - {pw} + j",
+                 f"            if ww >= 0 and ww < {W}:",
+                 f"                xv = {xa}[b, c, hh, ww]",
+                 "                if bh < 0 or xv > best or (xv != xv and best == best):",
+                 "                    best = xv", "                    bh = hh", "                    bw = ww"]:
+        w.emit(line, depth)
+
+
+def _pool_windows(w, n, x, depth):
+    C = x.shape[1]
+    OH, OW = n.attrs["out_hw"]
+    w.emit(f"for c in range({C}):", depth)
+    w.emit(f"for oh in range({OH}):", depth + 1)
+    w.emit(f"for ow in range({OW}):", depth + 2)
+    return depth + 3
+
+
+def emit_max_pool2d(gen, k, w):
+    """y[b, c, oh, ow] = v at the position of x's maximum in the window."""
+    n = k.node
+    x, v = n.inputs
+    y, xa, va = w.array(n), w.array(x), w.array(v)
+    w.emit("for b in prange(N):", 1)
+    depth = _pool_windows(w, n, x, 2)
+    _pool_search(w, n, x, xa, depth)
+    w.emit(f"{y}[b, c, oh, ow] = {va}[b, c, bh, bw]", depth)
+
+
+def emit_max_pool2d_grad(gen, k, w):
+    """dx: each g added at the position of its window's maximum of x."""
+    n = k.node
+    x, gr = n.inputs
+    dx, xa, ga = w.array(n), w.array(x), w.array(gr)
+    w.emit("for b in prange(N):", 1)
+    w.emit(f"{dx}[b] = 0", 2)
+    depth = _pool_windows(w, n, x, 2)
+    _pool_search(w, n, x, xa, depth)
+    w.emit(f"{dx}[b, c, bh, bw] += {ga}[b, c, oh, ow]", depth)
