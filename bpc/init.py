@@ -1,7 +1,9 @@
 """Named, seeded parameter initializers.
 
 Fan-in/fan-out follow the usual convention for a (fan_in, fan_out) weight
-matrix; for other ranks, fan_in is the product of all dims but the last.
+matrix; a 4-d shape is a convolution's OIHW weights (fan_in = I*kh*kw,
+fan_out = O*kh*kw, as PyTorch counts them); for other ranks, fan_in is
+the product of all dims but the last.
 """
 import numpy as np
 
@@ -13,6 +15,9 @@ def _fans(shape):
         return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
+    if len(shape) == 4:   # (out channels, in channels, kh, kw)
+        field = shape[2] * shape[3]
+        return shape[1] * field, shape[0] * field
     fan_in = int(np.prod(shape[:-1]))
     return fan_in, shape[-1]
 

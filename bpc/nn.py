@@ -1,4 +1,5 @@
-"""Layers built on bpc's graph API: Dense, Dropout, Sequential.
+"""Layers built on bpc's graph API: Dense, Conv2d, MaxPool2d, AvgPool2d,
+Flatten, Dropout, Sequential.
 
 A layer (a `Module`) holds parameters and builds graph nodes when called:
 `layer(x, training)` returns the output tensor for input tensor `x`.
@@ -131,14 +132,7 @@ class Dense(Module):
         self.b = param(f"{self.name}_b", (self.out_features,), init="zeros", dtype=dtype) if bias else None
 
     def _activation(self, activation):
-        if callable(activation):
-            return activation
-        if isinstance(activation, str) or activation is None:
-            if activation in ACTIVATIONS:
-                return ACTIVATIONS[activation]
-        names = ", ".join(repr(k) for k in ACTIVATIONS if k is not None)
-        raise ValueError(f"Dense '{self.name}': unknown activation {activation!r}; expected None, "
-                         f"one of {names}, or a callable")
+        return _activation(activation, f"Dense '{self.name}'")
 
     def __call__(self, x, training=False):
         if not isinstance(x, Tensor):
@@ -153,6 +147,101 @@ class Dense(Module):
 
     def named_params(self):
         return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
+
+
+def _activation(activation, layer):
+    if callable(activation):
+        return activation
+    if isinstance(activation, str) or activation is None:
+        if activation in ACTIVATIONS:
+            return ACTIVATIONS[activation]
+    names = ", ".join(repr(k) for k in ACTIVATIONS if k is not None)
+    raise ValueError(f"{layer}: unknown activation {activation!r}; expected None, one of {names}, or a callable")
+
+
+def _check_image(x, layer, channels=None):
+    """x must be an NCHW bpc tensor (with `channels` channels)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer}: expected a bpc tensor, got {type(x).__name__}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        want = f"(batch, {channels}, height, width)" if channels is not None else "(batch, channels, height, width)"
+        raise ShapeError(f"{layer} expects a {want} input, got '{x.name}' of shape {format_shape(x.shape)}")
+
+
+class Conv2d(Module):
+    """A 2-d convolution layer: activation(conv2d(x, W) + b) on NCHW inputs,
+    weights (out_channels, in_channels / groups, kh, kw) as in PyTorch.
+    `kernel_size`, `stride`, `dilation`: an int or a pair; `padding` also
+    "same" or "valid". `init` names the weight initializer (default:
+    "he_normal" for relu-like activations, "glorot_uniform" otherwise, with
+    fan-in in_channels/groups*kh*kw); the bias starts at zero. Parameters
+    are named `<name>_W` and `<name>_b`."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 activation=None, init=None, bias=True, seed=None, name=None, dtype="float32"):
+        self.in_channels = check_int(in_channels, "Conv2d: in_channels")
+        self.out_channels = check_int(out_channels, "Conv2d: out_channels")
+        self.groups = check_int(groups, "Conv2d: groups")
+        self.name = _check_name(name, "conv")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d '{self.name}': groups={groups} must divide in_channels ({in_channels}) "
+                             f"and out_channels ({out_channels})")
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, (int, np.integer)) else tuple(kernel_size)
+        self.kernel_size = (check_int(kh, "Conv2d: kernel_size"), check_int(kw, "Conv2d: kernel_size"))
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.activation = _activation(activation, f"Conv2d '{self.name}'")
+        if init is None:
+            init = "he_normal" if activation in ("relu", "leaky_relu") else "glorot_uniform"
+        self.W = param(f"{self.name}_W", (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
+                       init=init, seed=seed, dtype=dtype)
+        self.b = param(f"{self.name}_b", (self.out_channels,), init="zeros", dtype=dtype) if bias else None
+
+    def __call__(self, x, training=False):
+        _check_image(x, f"Conv2d '{self.name}'", self.in_channels)
+        out = ops.conv2d(x, self.W, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         groups=self.groups)
+        if self.b is not None:
+            out = out + ops.reshape(self.b, (self.out_channels, 1, 1))
+        return out if self.activation is None else self.activation(out)
+
+    def named_params(self):
+        return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
+
+
+class MaxPool2d(Module):
+    """Max pooling over `size` windows moved by `stride` (default: `size`)."""
+
+    def __init__(self, size, stride=None, padding=0, name=None):
+        self.size, self.stride, self.padding = size, stride, padding
+        self.name = _check_name(name, "maxpool")
+
+    def __call__(self, x, training=False):
+        _check_image(x, f"MaxPool2d '{self.name}'")
+        return ops.max_pool2d(x, self.size, self.stride, self.padding)
+
+
+class AvgPool2d(Module):
+    """Average pooling over `size` windows moved by `stride` (default: `size`)."""
+
+    def __init__(self, size, stride=None, padding=0, name=None):
+        self.size, self.stride, self.padding = size, stride, padding
+        self.name = _check_name(name, "avgpool")
+
+    def __call__(self, x, training=False):
+        _check_image(x, f"AvgPool2d '{self.name}'")
+        return ops.avg_pool2d(x, self.size, self.stride, self.padding)
+
+
+class Flatten(Module):
+    """(batch, d1, d2, ...) -> (batch, d1*d2*...), before Dense layers."""
+
+    def __init__(self, name=None):
+        self.name = _check_name(name, "flatten")
+
+    def __call__(self, x, training=False):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Flatten '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        return ops.flatten(x)
 
 
 class Dropout(Module):

@@ -121,3 +121,68 @@ def test_wrong_input_shape_names_the_layer():
         model(x)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         model.predict(np.ones((2, 64)), batch_size=0)
+
+
+def small_cnn(seed=0):
+    return nn.Sequential([nn.Conv2d(1, 3, 3, padding="same", activation="relu", seed=seed, name="c1"),
+                          nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, groups=1, seed=seed + 1, name="c2"),
+                          nn.AvgPool2d(2, stride=1), nn.Flatten(), nn.Dense(4, 3, seed=seed + 2, name="out")])
+
+
+def _np_conv(x, w, b, pad=0):
+    """A convolution in NumPy for the layer test: sliding windows and einsum."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))
+    return np.einsum("nchwij,ocij->nohw", windows, w) + b[:, None, None]
+
+
+def _np_pool(x, size, stride, reduce):
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+    return reduce(windows, axis=(4, 5))
+
+
+@pytest.mark.parametrize("target", ["interpret", "cpu"])
+def test_conv_layers_match_numpy_and_train_with_fit_predict_and_checkpoints(tmp_path, target):
+    """Conv2d (+ bias, activation), pooling and Flatten mixed with Dense:
+    the output matches a NumPy computation of the same layers, fit lowers
+    the loss, predict runs the inference graph, and a checkpoint restores
+    every conv parameter into a rebuilt model."""
+    model = small_cnn()
+    assert list(model.named_params()) == ["0.W", "0.b", "2.W", "2.b", "5.W", "5.b"]
+    assert model.layers[0].W.shape == (3, 1, 3, 3)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 1, 8, 8)).astype(np.float32)
+    Y = rng.integers(0, 3, 12)
+    for p in model.params:
+        p.value = rng.normal(size=p.shape).astype(np.float32) * 0.3
+    P = {k: v.value.astype(np.float64) for k, v in model.named_params().items()}
+    h = _np_pool(np.maximum(_np_conv(X, P["0.W"], P["0.b"], pad=1), 0), 2, 2, np.max)
+    h = _np_pool(_np_conv(h, P["2.W"], P["2.b"]), 2, 1, np.mean)
+    want = h.reshape(12, -1) @ P["5.W"] + P["5.b"]
+    np.testing.assert_allclose(model.predict(X, target=target), want, rtol=1e-4, atol=1e-5)
+
+    history = bpc.fit(model, X, Y, epochs=4, batch_size=4, optimizer="adam", target=target, progress=False)
+    assert history["loss"][-1] < history["loss"][0]
+    path = tmp_path / "cnn.npz"
+    bpc.save_checkpoint(path, model.params)
+    again = small_cnn(seed=10)
+    bpc.load_checkpoint(path, again.params)
+    np.testing.assert_allclose(again.predict(X, target=target), model.predict(X, target=target), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Conv2d(3, 4, 3, groups=2), "groups=2 must divide"),
+    (lambda: nn.Conv2d(0, 4, 3), "in_channels must be a positive int"),
+    (lambda: nn.Conv2d(1, 4, 3, activation="swish"), "unknown activation 'swish'"),
+])
+def test_bad_conv_layer_arguments_raise(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_conv_layers_name_themselves_on_a_wrong_input():
+    x = bpc.input("x", (None, 2, 8, 8))
+    with pytest.raises(bpc.ShapeError, match=r"Conv2d 'c1' expects a \(batch, 1, height, width\) input, got 'x'"):
+        nn.Conv2d(1, 2, 3, name="c1")(x)
+    with pytest.raises(bpc.ShapeError, match=r"MaxPool2d 'p' expects a \(batch, channels, height, width\)"):
+        nn.MaxPool2d(2, name="p")(bpc.input("v", (None, 8)))
