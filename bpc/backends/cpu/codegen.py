@@ -272,21 +272,33 @@ class Generator:
             a, b = (self._dot_operand(i, w) for i in n.inputs)
             w.emit(f"np.dot({a}, {b}, {w.array(n)})", 1)
             return
-        # C = A @ B through NumPy's BLAS (`blas.py`): operands are C-ordered
-        # arrays, a transposed view passes its base with the transpose flag.
-        w.uses_blas = True
+        # C = A @ B through NumPy's BLAS: operands are C-ordered arrays, a
+        # transposed view passes its base with the transpose flag.
         (a, ta), (b, tb) = (self._gemm_operand(i, w) for i in n.inputs)
-        fn = w.address(blas.Address(self.gemm.address(n.dtype), self.gemm.symbol(n.dtype)))
-        inner = f"{a}.shape[{0 if ta == blas.TRANS else 1}]"
         if len(k.nodes) == 3:   # [product, c * product, p - c * product]: p += (-c) * A @ B, in place
             mul, update = k.nodes[1:]
             c = next(self.plan.inline[i.id] for i in mul.inputs if i.id in self.plan.inline)
-            out, alpha, beta = w.array(update), typed_const(-c, n.dtype), typed_const(1.0, n.dtype)
+            self.gemm_call(w, n.dtype, a, ta, b, tb, w.array(update), alpha=-c, beta=1.0)
         else:
-            out, alpha, beta = w.array(n), typed_const(1.0, n.dtype), typed_const(0.0, n.dtype)
+            self.gemm_call(w, n.dtype, a, ta, b, tb, w.array(n))
+
+    def gemm_call(self, w, dtype, a, ta, b, tb, out, alpha=1.0, beta=0.0, depth=1):
+        """Emit out = alpha * op(a) @ op(b) + beta * out through NumPy's
+        BLAS (`blas.py`): a, b, out are C-ordered 2-d arrays (source text),
+        ta/tb CBLAS transpose flags. Without NumPy's BLAS: np.dot, for
+        alpha 1 and beta 0 only."""
+        if self.gemm is None:
+            if (alpha, beta) != (1.0, 0.0):
+                raise AssertionError("scaled products need NumPy's BLAS")
+            view = lambda x, t: f"{x}.T" if t == blas.TRANS else x
+            w.emit(f"np.dot({view(a, ta)}, {view(b, tb)}, {out})", depth)
+            return
+        w.uses_blas = True
+        fn = w.address(blas.Address(self.gemm.address(dtype), self.gemm.symbol(dtype)))
+        inner = f"{a}.shape[{0 if ta == blas.TRANS else 1}]"
         w.emit(f"cblas_gemm({fn}, {self.gemm.index_bits}, {ta}, {tb}, {out}.shape[0], {out}.shape[1], {inner}, "
-               f"{alpha}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], {beta}, "
-               f"{out}.ctypes.data, {out}.shape[1])", 1)
+               f"{typed_const(alpha, dtype)}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], "
+               f"{typed_const(beta, dtype)}, {out}.ctypes.data, {out}.shape[1])", depth)
 
     def _gemm_operand(self, t, w):
         """(C-ordered array, CBLAS transpose flag) of a product's operand."""

@@ -1,15 +1,16 @@
-"""CPU kernels of the convolution and pooling ops (`bpc/ops/conv.py`):
-direct loops.
+"""CPU kernels of the convolution and pooling ops (`bpc/ops/conv.py`).
 
-Each kernel walks the kernel offsets (c, i, j) and, for every output row
-whose input row lies inside the image, the run of output columns whose
-input column does too (bounds computed per offset, so no test per
-element): the innermost loop is a contiguous axpy when the stride is 1.
-Batch elements (or output channels, for the weight gradient) run in
-parallel, each writing only its own part of the result.
+Convolutions are matrix products (im2col): per group, the input elements
+each output position meets are laid out as columns (K = C/groups*kh*kw
+rows, N*OH*OW columns), so the convolution is W (O, K) @ cols, the weight
+gradient gm @ colsᵀ and the input gradient's columns Wᵀ @ gm, scattered
+back (col2im); gm is the output gradient as (O, N*OH*OW). The products go
+to BLAS (`Generator.gemm_call`); the layout loops run in parallel over
+the batch (or the channels), each writing its own part.
+
+Pooling is direct loops over each window.
 """
-
-ROW = "for oh in range({OH}):\n    hh = oh * {sh} - {ph} + i * {dh}\n    if hh >= 0 and hh < {H}:"
+from .blas import NO_TRANS, TRANS
 
 
 def _geometry(n, x_shape, w_shape, out_hw):
@@ -18,64 +19,114 @@ def _geometry(n, x_shape, w_shape, out_hw):
     O, Cg, kh, kw = w_shape
     OH, OW = out_hw
     return dict(sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, C=C, H=H, W=W, O=O, Cg=Cg, kh=kh, kw=kw,
-                OH=OH, OW=OW, Og=O // groups)
+                OH=OH, OW=OW, Og=O // groups, G=groups, K=Cg * kh * kw, P=OH * OW)
 
 
-def _offsets(w, g, depth, inner):
-    """Loops over c, i, j, then the output rows and columns that read
-    inside the image; `inner` is the statement at (oh, ow) with input
-    position (hh, ww)."""
-    lines = ["for c in range({Cg}):", "    for i in range({kh}):", "        for j in range({kw}):",
-             "            off = j * {dw} - {pw}",
-             "            lo = max(0, (-off + {sw} - 1) // {sw})",
-             "            hi = min({OW}, ({W} - 1 - off) // {sw} + 1)"]
-    lines += ["            " + line for line in ROW.split("\n")]
-    lines += ["                    for ow in range(lo, hi):",
-              "                        ww = ow * {sw} + off",
-              "                        " + inner]
-    for line in lines:
-        w.emit(line.format(**g), depth)
+# The columns of one group: cols[(c*kh + i)*kw + j, b*P + oh*OW + ow] is the
+# input element that kernel offset (c, i, j) meets at output (b, oh, ow),
+# 0 in the padding. Rows of W (O, K) times these columns are the output.
+_IM2COL = """\
+for b in prange(N):
+    for c in range({Cg}):
+        for i in range({kh}):
+            for j in range({kw}):
+                r = (c * {kh} + i) * {kw} + j
+                for oh in range({OH}):
+                    hh = oh * {sh} - {ph} + i * {dh}
+                    base = b * {P} + oh * {OW}
+                    for ow in range({OW}):
+                        ww = ow * {sw} - {pw} + j * {dw}
+                        if hh >= 0 and hh < {H} and ww >= 0 and ww < {W}:
+                            cols[r, base + ow] = {x}[b, g * {Cg} + c, hh, ww]
+                        else:
+                            cols[r, base + ow] = 0"""
+
+# The transposed scatter: every column entry added back to the input
+# element it came from (dx must be zero before).
+_COL2IM = """\
+for b in prange(N):
+    for c in range({Cg}):
+        for i in range({kh}):
+            for j in range({kw}):
+                r = (c * {kh} + i) * {kw} + j
+                for oh in range({OH}):
+                    hh = oh * {sh} - {ph} + i * {dh}
+                    if hh >= 0 and hh < {H}:
+                        base = b * {P} + oh * {OW}
+                        for ow in range({OW}):
+                            ww = ow * {sw} - {pw} + j * {dw}
+                            if ww >= 0 and ww < {W}:
+                                {dx}[b, g * {Cg} + c, hh, ww] += cols[r, base + ow]"""
+
+# The output gradient of one group as a (Og, N*P) matrix.
+_GATHER = """\
+for o in prange({Og}):
+    for b in range(N):
+        for p in range({P}):
+            gm[o, b * {P} + p] = {g3}[b, g * {Og} + o, p]"""
+
+
+def _emit(w, text, depth, **names):
+    for line in text.format(**names).split("\n"):
+        w.emit(line, depth)
 
 
 def emit_conv2d(gen, k, w):
-    """y[n, o] = sum over c, i, j of w[o, c, i, j] * x[n, c0 + c] shifted."""
+    """Per group: im2col of x, one GEMM W_g (Og, K) @ cols (K, N*P), then
+    the result rows copied to y (N, O, OH, OW)."""
     n = k.node
     x, wt = n.inputs
     g = _geometry(n, x.shape, wt.shape, n.shape[2:])
     y, xa, wa = w.array(n), w.array(x), w.array(wt)
-    w.emit("for b in prange(N):", 1)
-    w.emit(f"for o in range({g['O']}):", 2)
-    w.emit(f"c0 = (o // {g['Og']}) * {g['Cg']}", 3)
-    w.emit(f"{y}[b, o] = 0", 3)
-    _offsets(w, g, 3, f"{y}[b, o, oh, ow] += {wa}[o, c, i, j] * {xa}[b, c0 + c, hh, ww]")
+    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"res = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
+    w.emit(f"y3 = {y}.reshape((N, {g['O']}, {g['P']}))", 1)
+    w.emit(f"for g in range({g['G']}):", 1)
+    _emit(w, _IM2COL, 2, x=xa, **g)
+    w.emit(f"wg = w2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
+    gen.gemm_call(w, n.dtype, "wg", NO_TRANS, "cols", NO_TRANS, "res", depth=2)
+    _emit(w, """for b in prange(N):
+    for o in range({Og}):
+        for p in range({P}):
+            y3[b, g * {Og} + o, p] = res[o, b * {P} + p]""", 2, **g)
 
 
 def emit_conv2d_grad_input(gen, k, w):
-    """dx[n, c0 + c] += w[o, c, i, j] * g[n, o], scattered back to the input
-    positions the forward convolution read."""
+    """Per group: the output gradient as (Og, N*P), one GEMM W_gᵀ (K, Og) @
+    it, then col2im adds the columns back into dx."""
     n = k.node
     gr, wt = n.inputs
     g = _geometry(n, n.shape, wt.shape, gr.shape[2:])
     dx, ga, wa = w.array(n), w.array(gr), w.array(wt)
-    w.emit("for b in prange(N):", 1)
-    w.emit(f"{dx}[b] = 0", 2)
-    w.emit(f"for o in range({g['O']}):", 2)
-    w.emit(f"c0 = (o // {g['Og']}) * {g['Cg']}", 3)
-    _offsets(w, g, 3, f"{dx}[b, c0 + c, hh, ww] += {wa}[o, c, i, j] * {ga}[b, o, oh, ow]")
+    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"gm = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
+    w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
+    w.emit(f"{dx}[...] = 0", 1)
+    w.emit(f"for g in range({g['G']}):", 1)
+    _emit(w, _GATHER, 2, g3="g3", **g)
+    w.emit(f"wg = w2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
+    gen.gemm_call(w, n.dtype, "wg", TRANS, "gm", NO_TRANS, "cols", depth=2)
+    _emit(w, _COL2IM, 2, dx=dx, **g)
 
 
 def emit_conv2d_grad_weight(gen, k, w):
-    """dw[o, c, i, j] = sum over n, oh, ow of g[n, o, oh, ow] * x[n, c0 + c]
-    shifted; parallel over output channels."""
+    """Per group: im2col of x and the output gradient as (Og, N*P); one
+    GEMM gm @ colsᵀ writes the group's rows of dw (O, K)."""
     n = k.node
     x, gr = n.inputs
     g = _geometry(n, x.shape, n.shape, gr.shape[2:])
     dwa, xa, ga = w.array(n), w.array(x), w.array(gr)
-    w.emit(f"for o in prange({g['O']}):", 1)
-    w.emit(f"c0 = (o // {g['Og']}) * {g['Cg']}", 2)
-    w.emit(f"{dwa}[o] = 0", 2)
-    w.emit("for b in range(N):", 2)
-    _offsets(w, g, 3, f"{dwa}[o, c, i, j] += {ga}[b, o, oh, ow] * {xa}[b, c0 + c, hh, ww]")
+    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"gm = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    w.emit(f"dw2 = {dwa}.reshape(({g['O']}, {g['K']}))", 1)
+    w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
+    w.emit(f"for g in range({g['G']}):", 1)
+    _emit(w, _IM2COL, 2, x=xa, **g)
+    _emit(w, _GATHER, 2, g3="g3", **g)
+    w.emit(f"dwg = dw2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
+    gen.gemm_call(w, n.dtype, "gm", NO_TRANS, "cols", TRANS, "dwg", depth=2)
 
 
 def _pool_search(w, n, x, xa, depth):
