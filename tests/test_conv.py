@@ -1,14 +1,15 @@
-"""conv2d and its gradients (bpc/ops/conv.py) against an independent
-reference written here as plain loops, against finite differences (first
-and second order, float64), on the interpreter and the cpu target; and
-their shape errors."""
+"""conv2d, pooling and their gradients (bpc/ops/conv.py) against an
+independent reference written here as plain loops on every target (cuda
+under the simulator), against finite differences (first and second order,
+float64), and their shape errors."""
 import itertools
 
 import numpy as np
 import pytest
 
 import bpc
-from bpc.errors import CompileError, ShapeError
+from bpc.errors import ShapeError
+from conftest import TARGETS
 
 
 def reference_conv(x, w, stride, padding, dilation, groups):
@@ -59,7 +60,7 @@ CASES = [random_case(np.random.default_rng(seed)) for seed in range(5)] + [
     dict(C=4, O=4, H=6, W=7, k=(2, 3), stride=(2, 3), padding=(0, 1), dilation=(2, 1), groups=4)]   # depthwise
 
 
-@pytest.mark.parametrize("target", ["interpret", "cpu"])
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_conv2d_and_its_gradients_match_a_loop_reference(target, case):
     c = CASES[case]
@@ -115,14 +116,6 @@ def test_float32_training_step_on_cpu_matches_the_interpreter():
         assert losses[2] < losses[0]
 
 
-def test_cuda_says_it_has_no_convolution_kernel_yet():
-    pytest.importorskip("numba.cuda")
-    x = bpc.input("x", (None, 1, 4, 4))
-    y = bpc.conv2d(x, np.ones((1, 1, 2, 2), np.float32))
-    with pytest.raises(CompileError, match="op 'conv2d' .* no kernel on target 'cuda'"):
-        bpc.function([x], y, target="cuda")
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda x: bpc.conv2d(x, np.ones((2, 3, 3, 3), np.float32)), "weight has 3 input channels per group"),
     (lambda x: bpc.conv2d(x, np.ones((2, 2, 9, 3), np.float32)), "does not fit the 5x5 input"),
@@ -161,7 +154,7 @@ def reference_max_pool(x, size, stride, padding):
 POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1)), ((3, 3), (2, 2), (1, 0))]
 
 
-@pytest.mark.parametrize("target", ["interpret", "cpu"])
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("pool", range(len(POOLS)))
 def test_pooling_and_its_gradients_match_a_loop_reference(target, pool):
     """Max pooling (with ties, -inf and NaN in the input) and average

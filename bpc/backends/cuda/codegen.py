@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...ops import nn as nn_ops
+from . import conv
 from ...ops.nn import uniform_hash
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, operand_axes, reduced_axes,
                         acc_dtype, acc_init, accumulate, acc_final, size_expr, linear_index, split_index,
@@ -386,6 +387,13 @@ class Generator:
             self.emit(line, 2)
         self.emit(self.write(n, None, _uniform_value(result, n.dtype), offset="t"), 2)
         return self._finish("random", {"total": n.shape}, describe)
+
+    # Convolutions and pooling (bpc/ops/conv.py): direct loops, in conv.py.
+    _kernel_conv2d = conv.emit_conv2d
+    _kernel_conv2d_grad_input = conv.emit_conv2d_grad_input
+    _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
+    _kernel_max_pool2d = conv.emit_max_pool2d
+    _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
 
     def _kernel_size_of(self, k, describe):
         n = k.node
