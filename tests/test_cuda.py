@@ -294,6 +294,11 @@ PTX_SCRIPT = textwrap.dedent("""
     cost = bpc.sum(total)
     graphs["every_elementwise_op"] = bpc.function([x, y, v, k], [total, *bpc.grad(cost, [x, y, v])],
                                                  target="interpret")
+    # Convolution and pooling, forward and both gradients, float32.
+    img = bpc.input("img", (None, 2, 9, 8))
+    kern = bpc.param("kern", (4, 1, 3, 2), init="glorot_uniform", seed=3)
+    feat = bpc.max_pool2d(bpc.relu(bpc.conv2d(img, kern, stride=(1, 2), padding=1, dilation=(2, 1), groups=2)), 2)
+    graphs["cnn"] = bpc.function([img], [feat, *bpc.grad(bpc.sum(feat * feat), [img, kern])], target="interpret")
     counter = bpc.param("counter", np.zeros(3, np.float32))
     graphs["deferred_update"] = bpc.function([logits], counter + 1.0, updates={counter: counter + 1.0},
                                              target="interpret")
@@ -325,6 +330,6 @@ def test_every_kernel_compiles_to_ptx_and_float32_kernels_hold_no_float64_arithm
             assert "add.f64" in instructions and not {i.split(".")[0] for i in instructions} - {
                 "add", "sub", "div", "cvt", "mov", "ld", "st", "selp"}, (name, kernel, instructions)
     assert {"loop", "reduce", "matmul", "random"} <= set(report["mlp_sgd_step"]["kinds"])
-    assert {"loop", "reduce", "matmul", "random", "size_of", "argmax", "copy"} == {
-        kind for r in report.values() for kind in r["kinds"]}
+    assert {"loop", "reduce", "matmul", "random", "size_of", "argmax", "copy", "conv2d", "conv2d_grad_input",
+            "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad"} == {kind for r in report.values() for kind in r["kinds"]}
     assert report["mlp_adam_step"]["float64_kernels"], "the audit saw no accumulator at all"
