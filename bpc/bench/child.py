@@ -72,12 +72,17 @@ def measure_step(args, fn, spec, X, Y):
 def reference(args):
     """Time one comparison framework's step in this (fresh) process."""
     import numpy as np
-    layers = tuple(int(v) for v in args.layers.split("-"))
     threads = references.threads(args.child, args.threads)
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(args.batch, layers[0])).astype(np.float32)
-    Y = rng.integers(0, layers[-1], args.batch).astype(np.int64)
-    step = references.STEPS[args.child](layers, X, Y)
+    if args.layers == "lenet":
+        X = rng.normal(size=(args.batch, 1, 28, 28)).astype(np.float32)
+        Y = rng.integers(0, 10, args.batch).astype(np.int64)
+        step = references.LENET_STEPS[args.child](X, Y)
+    else:
+        layers = tuple(int(v) for v in args.layers.split("-"))
+        X = rng.normal(size=(args.batch, layers[0])).astype(np.float32)
+        Y = rng.integers(0, layers[-1], args.batch).astype(np.int64)
+        step = references.STEPS[args.child](layers, X, Y)
     samples, counts = measure({"step": step}, args.rounds, args.min_round_s, print_tick)
     return {"samples": samples["step"], "calls_per_round": counts["step"], "threads": threads}
 

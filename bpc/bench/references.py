@@ -3,8 +3,8 @@ frameworks: a hand-written NumPy step, PyTorch eager and JAX jit.
 
 Each builds the same step as `bpc.bench.steps.sgd_step` on a built-in ReLU
 MLP (layer sizes `layers`; mean softmax cross-entropy; plain SGD with
-`LR`; He-normal weights, zero biases) and returns a function that runs one
-step. PyTorch and JAX are optional: `available(name)` says whether one is
+`LR`; He-normal weights, zero biases) or on the built-in `lenet` (PyTorch
+and JAX only), and returns a function that runs one step. PyTorch and JAX are optional: `available(name)` says whether one is
 installed, and a missing one is skipped by the benchmark with a note. Each
 runs in its own process (`bpc.bench.child`), with the thread settings of
 `threads` and the environment of `environment`.
@@ -114,6 +114,85 @@ def jax_step(layers, X, Y, lr=LR):
 
 
 STEPS = {"numpy": numpy_step, "torch": torch_step, "jax": jax_step}
+
+
+# ----- LeNet (the built-in `lenet` model) --------------------------------------------------------
+# conv 5x5 (1 -> 6, padding 2) - ReLU - max pool 2 - conv 5x5 (6 -> 16) - ReLU - max pool 2 -
+# dense 400 -> 120 - ReLU - dense 120 -> 84 - ReLU - dense 84 -> 10; input (N, 1, 28, 28).
+
+def lenet_params(rng):
+    """He-normal conv (OIHW) and dense weights, zero biases, in layer order."""
+    shapes = [(6, 1, 5, 5), (16, 6, 5, 5), (400, 120), (120, 84), (84, 10)]
+    params = []
+    for shape in shapes:
+        fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
+        params += [(rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32),
+                   np.zeros(shape[0] if len(shape) == 4 else shape[1], np.float32)]
+    return params
+
+
+def torch_lenet_step(X, Y, lr=LR):
+    """PyTorch eager LeNet: autograd, `F.cross_entropy`, in-place SGD."""
+    import torch
+    import torch.nn.functional as F
+    params = [torch.tensor(a, requires_grad=True) for a in lenet_params(np.random.default_rng(0))]
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def step():
+        c1, b1, c2, b2, *dense = params
+        h = F.max_pool2d(torch.relu(F.conv2d(x, c1, b1, padding=2)), 2)
+        h = F.max_pool2d(torch.relu(F.conv2d(h, c2, b2)), 2).reshape(len(X), -1)
+        for i in range(0, len(dense), 2):
+            h = h @ dense[i] + dense[i + 1]
+            if i < len(dense) - 2:
+                h = torch.relu(h)
+        loss = F.cross_entropy(h, y)
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad
+                p.grad = None
+        return loss
+    return step
+
+
+def jax_lenet_step(X, Y, lr=LR):
+    """`jax.jit` of the LeNet loss's `value_and_grad` + SGD."""
+    import jax
+    import jax.numpy as jnp
+    x, y = jnp.asarray(X), jnp.asarray(Y)
+
+    def conv(h, w, b, pad):
+        return jax.lax.conv_general_dilated(h, w, (1, 1), [(pad, pad), (pad, pad)]) + b[None, :, None, None]
+
+    def pool(h):
+        return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def loss_fn(params, x, y):
+        c1, b1, c2, b2, *dense = params
+        h = pool(jax.nn.relu(conv(x, c1, b1, 2)))
+        h = pool(jax.nn.relu(conv(h, c2, b2, 0))).reshape(x.shape[0], -1)
+        for i in range(0, len(dense), 2):
+            h = h @ dense[i] + dense[i + 1]
+            if i < len(dense) - 2:
+                h = jax.nn.relu(h)
+        logp = jax.nn.log_softmax(h)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+        return [p - lr * d for p, d in zip(params, g)], loss
+
+    box = [[jnp.asarray(a) for a in lenet_params(np.random.default_rng(0))]]
+
+    def step():
+        box[0], loss = update(box[0], x, y)
+        return loss.block_until_ready()
+    return step
+
+
+LENET_STEPS = {"torch": torch_lenet_step, "jax": jax_lenet_step}
 
 
 def available(name):

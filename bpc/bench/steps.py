@@ -39,7 +39,10 @@ def gemm_bound(function, batch, seed=0):
     from bpc.backends.cpu import blas
     gemm = blas.numpy_gemm()
     rng = np.random.default_rng(seed)
-    products = [n for n in topo_sort(function.program.roots) if n.op is not None and n.op.name == "matmul"]
+    nodes = [n for n in topo_sort(function.program.roots) if n.op is not None]
+    if any(n.op.name.startswith("conv2d") for n in nodes):
+        return None, "the step has convolutions (the bound counts matrix products only)"
+    products = [n for n in nodes if n.op.name == "matmul"]
     if not products:
         return None, "the step has no matrix products"
     args, names, lines, desc = [], [], [], []
