@@ -233,3 +233,18 @@ def test_pooling_shape_errors_name_the_users_line(make, message):
     x = bpc.input("x", (None, 2, 5, 5))
     with pytest.raises(ShapeError, match=rf"pool2d: .*{message}.*test_conv\.py"):
         make(x)
+
+
+def test_scratch_arrays_of_one_shape_stay_distinct_within_a_kernel():
+    """The cpu convolution's columns (K x N*P) and its result rows (O x N*P)
+    are workspace scratch arrays; with K == O they have one shape and must
+    still be two arrays (sharing one gave wrong outputs), while the next
+    kernels reuse them."""
+    x = bpc.input("x", (None, 1, 5, 5), dtype="float64")
+    w = bpc.input("w", (4, 1, 2, 2), dtype="float64")             # K = 1*2*2 = 4 = O
+    y = bpc.conv2d(x, w)
+    f = bpc.function([x, w], [y, *bpc.grad(bpc.sum(y * y), [x, w])], target="cpu", check=True)
+    rng = np.random.default_rng(0)
+    X, Wt = rng.normal(size=(3, 1, 5, 5)), rng.normal(size=(4, 1, 2, 2))
+    np.testing.assert_allclose(f(X, Wt)[0], reference_conv(X, Wt, (1, 1), (0, 0), (1, 1), 1), rtol=1e-12)
+    assert len(f.backend._scratch_specs) == 2

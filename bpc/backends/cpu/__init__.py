@@ -138,6 +138,7 @@ class CpuBackend(CompiledBackend):
         self.call_modules = [names[idx] for idx in self._calls]
         self._fns = {}          # variant -> int64 array of kernel addresses, in call order
         self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
+        self._scratch_specs = gen.scratch_specs
         self._leaves = gen.leaves
         self._leaf_values = [t._value for t in gen.leaves]   # assignments copy into these arrays
         for t, v in zip(self._leaves, self._leaf_values):
@@ -153,7 +154,7 @@ class CpuBackend(CompiledBackend):
         return {"gemm_updates": blas.numpy_gemm() is not None}
 
     def make_workspace(self, batch):
-        bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]
+        bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs + self._scratch_specs]
         choice = tuple("parallel" if self._parallel_call(k, batch) else "serial" for k in self.call_kernels)
         label = "serial" if "parallel" not in choice else "parallel" if self._parallel else "mixed"
         # Addresses of every storage; inputs' are written by the runner on each call.

@@ -68,6 +68,12 @@ for o in prange({Og}):
             gm[o, b * {P} + p] = {g3}[b, g * {Og} + o, p]"""
 
 
+def _scratch(w, name, rows, per_image, dtype):
+    """`name` = a (rows, N*per_image) scratch matrix of the workspace."""
+    flat = w.scratch((None, rows * per_image), dtype)
+    w.emit(f"{name} = {flat}.reshape(({rows}, N * {per_image}))", 1)
+
+
 def _emit(w, text, depth, **names):
     for line in text.format(**names).split("\n"):
         w.emit(line, depth)
@@ -80,8 +86,8 @@ def emit_conv2d(gen, k, w):
     x, wt = n.inputs
     g = _geometry(n, x.shape, wt.shape, n.shape[2:])
     y, xa, wa = w.array(n), w.array(x), w.array(wt)
-    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
-    w.emit(f"res = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    _scratch(w, "cols", g["K"], g["P"], n.dtype)
+    _scratch(w, "res", g["Og"], g["P"], n.dtype)
     w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
     w.emit(f"y3 = {y}.reshape((N, {g['O']}, {g['P']}))", 1)
     w.emit(f"for g in range({g['G']}):", 1)
@@ -101,8 +107,8 @@ def emit_conv2d_grad_input(gen, k, w):
     gr, wt = n.inputs
     g = _geometry(n, n.shape, wt.shape, gr.shape[2:])
     dx, ga, wa = w.array(n), w.array(gr), w.array(wt)
-    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
-    w.emit(f"gm = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    _scratch(w, "cols", g["K"], g["P"], n.dtype)
+    _scratch(w, "gm", g["Og"], g["P"], n.dtype)
     w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
     w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
     w.emit(f"{dx}[...] = 0", 1)
@@ -120,8 +126,8 @@ def emit_conv2d_grad_weight(gen, k, w):
     x, gr = n.inputs
     g = _geometry(n, x.shape, n.shape, gr.shape[2:])
     dwa, xa, ga = w.array(n), w.array(x), w.array(gr)
-    w.emit(f"cols = np.empty(({g['K']}, N * {g['P']}), np.{n.dtype.name})", 1)
-    w.emit(f"gm = np.empty(({g['Og']}, N * {g['P']}), np.{n.dtype.name})", 1)
+    _scratch(w, "cols", g["K"], g["P"], n.dtype)
+    _scratch(w, "gm", g["Og"], g["P"], n.dtype)
     w.emit(f"dw2 = {dwa}.reshape(({g['O']}, {g['K']}))", 1)
     w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
     w.emit(f"for g in range({g['G']}):", 1)
