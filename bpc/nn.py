@@ -208,28 +208,26 @@ class Conv2d(Module):
         return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
 
 
-class MaxPool2d(Module):
+class _Pool2d(Module):
+    pool = None   # the op: bpc.max_pool2d or bpc.avg_pool2d
+
+    def __init__(self, size, stride=None, padding=0, name=None):
+        self.size, self.stride, self.padding = size, stride, padding
+        self.name = _check_name(name, type(self).__name__.lower())
+
+    def __call__(self, x, training=False):
+        _check_image(x, f"{type(self).__name__} '{self.name}'")
+        return type(self).pool(x, self.size, self.stride, self.padding)
+
+
+class MaxPool2d(_Pool2d):
     """Max pooling over `size` windows moved by `stride` (default: `size`)."""
-
-    def __init__(self, size, stride=None, padding=0, name=None):
-        self.size, self.stride, self.padding = size, stride, padding
-        self.name = _check_name(name, "maxpool")
-
-    def __call__(self, x, training=False):
-        _check_image(x, f"MaxPool2d '{self.name}'")
-        return ops.max_pool2d(x, self.size, self.stride, self.padding)
+    pool = ops.max_pool2d
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Average pooling over `size` windows moved by `stride` (default: `size`)."""
-
-    def __init__(self, size, stride=None, padding=0, name=None):
-        self.size, self.stride, self.padding = size, stride, padding
-        self.name = _check_name(name, "avgpool")
-
-    def __call__(self, x, training=False):
-        _check_image(x, f"AvgPool2d '{self.name}'")
-        return ops.avg_pool2d(x, self.size, self.stride, self.padding)
+    pool = ops.avg_pool2d
 
 
 class Flatten(Module):

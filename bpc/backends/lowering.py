@@ -137,6 +137,19 @@ def acc_final(r, acc):
     return f"{r.dtype.name}({acc})"
 
 
+def conv_geometry(n, x_shape, w_shape, out_hw):
+    """The sizes a convolution kernel (`bpc/ops/conv.py`) is written with:
+    strides, paddings, dilations, input (C, H, W), weights (O, C/groups, kh,
+    kw), output (OH, OW), per-group channels Og and Cg, groups G, K = Cg*kh*kw
+    and P = OH*OW."""
+    (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs[k] for k in ("stride", "padding", "dilation", "groups"))
+    C, H, W = x_shape[1:]
+    O, Cg, kh, kw = w_shape
+    OH, OW = out_hw
+    return dict(sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, C=C, H=H, W=W, O=O, Cg=Cg, kh=kh, kw=kw,
+                OH=OH, OW=OW, Og=O // groups, G=groups, K=Cg * kh * kw, P=OH * OW)
+
+
 def kernel_emitter(generator, k, target):
     """The method of a target's code generator that writes kernel k: its
     emitters are its `_kernel_<form>` methods, one per kernel form (`loop`,

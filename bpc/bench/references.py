@@ -67,20 +67,27 @@ def torch_step(layers, X, Y, lr=LR):
     params = [torch.tensor(a, requires_grad=True) for pair in zip(Ws, bs) for a in pair]
     x, y = torch.from_numpy(X), torch.from_numpy(Y)
 
-    def step():
-        h = x
-        for i in range(0, len(params), 2):
-            h = h @ params[i] + params[i + 1]
-            if i < len(params) - 2:
-                h = torch.relu(h)
-        loss = F.cross_entropy(h, y)
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p -= lr * p.grad
-                p.grad = None
-        return loss
-    return step
+    return lambda: _torch_sgd(params, F.cross_entropy(_dense_relu(x, params, torch.relu), y), lr)
+
+
+def _dense_relu(h, params, relu):
+    """h through dense layers (params: W, b, W, b, ...), ReLU between them."""
+    for i in range(0, len(params), 2):
+        h = h @ params[i] + params[i + 1]
+        if i < len(params) - 2:
+            h = relu(h)
+    return h
+
+
+def _torch_sgd(params, loss, lr):
+    """Backpropagate `loss` and update `params` in place."""
+    import torch
+    loss.backward()
+    with torch.no_grad():
+        for p in params:
+            p -= lr * p.grad
+            p.grad = None
+    return loss
 
 
 def jax_step(layers, X, Y, lr=LR):
@@ -92,11 +99,7 @@ def jax_step(layers, X, Y, lr=LR):
     x, y = jnp.asarray(X), jnp.asarray(Y)
 
     def loss_fn(params, x, y):
-        h = x
-        for i, (W, b) in enumerate(params):
-            h = h @ W + b
-            if i < len(params) - 1:
-                h = jax.nn.relu(h)
+        h = _dense_relu(x, [a for pair in params for a in pair], jax.nn.relu)
         logp = jax.nn.log_softmax(h)
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
@@ -142,17 +145,7 @@ def torch_lenet_step(X, Y, lr=LR):
         c1, b1, c2, b2, *dense = params
         h = F.max_pool2d(torch.relu(F.conv2d(x, c1, b1, padding=2)), 2)
         h = F.max_pool2d(torch.relu(F.conv2d(h, c2, b2)), 2).reshape(len(X), -1)
-        for i in range(0, len(dense), 2):
-            h = h @ dense[i] + dense[i + 1]
-            if i < len(dense) - 2:
-                h = torch.relu(h)
-        loss = F.cross_entropy(h, y)
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p -= lr * p.grad
-                p.grad = None
-        return loss
+        return _torch_sgd(params, F.cross_entropy(_dense_relu(h, dense, torch.relu), y), lr)
     return step
 
 
@@ -172,11 +165,7 @@ def jax_lenet_step(X, Y, lr=LR):
         c1, b1, c2, b2, *dense = params
         h = pool(jax.nn.relu(conv(x, c1, b1, 2)))
         h = pool(jax.nn.relu(conv(h, c2, b2, 0))).reshape(x.shape[0], -1)
-        for i in range(0, len(dense), 2):
-            h = h @ dense[i] + dense[i + 1]
-            if i < len(dense) - 2:
-                h = jax.nn.relu(h)
-        logp = jax.nn.log_softmax(h)
+        logp = jax.nn.log_softmax(_dense_relu(h, dense, jax.nn.relu))
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
     @jax.jit

@@ -10,16 +10,8 @@ the batch (or the channels), each writing its own part.
 
 Pooling is direct loops over each window.
 """
+from ..lowering import conv_geometry as _geometry
 from .blas import NO_TRANS, TRANS
-
-
-def _geometry(n, x_shape, w_shape, out_hw):
-    (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs[k] for k in ("stride", "padding", "dilation", "groups"))
-    C, H, W = x_shape[1:]
-    O, Cg, kh, kw = w_shape
-    OH, OW = out_hw
-    return dict(sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, C=C, H=H, W=W, O=O, Cg=Cg, kh=kh, kw=kw,
-                OH=OH, OW=OW, Og=O // groups, G=groups, K=Cg * kh * kw, P=OH * OW)
 
 
 # The columns of one group: cols[(c*kh + i)*kw + j, b*P + oh*OW + ow] is the
@@ -60,18 +52,30 @@ for b in prange(N):
                             if ww >= 0 and ww < {W}:
                                 {dx}[b, g * {Cg} + c, hh, ww] += cols[r, base + ow]"""
 
-# The output gradient of one group as a (Og, N*P) matrix.
+# The output gradient (o3) of one group as a (Og, N*P) matrix.
 _GATHER = """\
 for o in prange({Og}):
     for b in range(N):
         for p in range({P}):
-            gm[o, b * {P} + p] = {g3}[b, g * {Og} + o, p]"""
+            gm[o, b * {P} + p] = o3[b, g * {Og} + o, p]"""
 
 
 def _scratch(w, name, rows, per_image, dtype):
     """`name` = a (rows, N*per_image) scratch matrix of the workspace."""
     flat = w.scratch((None, rows * per_image), dtype)
     w.emit(f"{name} = {flat}.reshape(({rows}, N * {per_image}))", 1)
+
+
+def _begin(w, g, dtype, rows, weights, per_output):
+    """What the three convolution kernels share: the scratch matrices `cols`
+    (K, N*P) and `rows` (Og, N*P), the weights (or their gradient) as the
+    (O, K) matrix w2, the output (or its gradient) as o3 (N, O, P), and
+    the loop over groups."""
+    _scratch(w, "cols", g["K"], g["P"], dtype)
+    _scratch(w, rows, g["Og"], g["P"], dtype)
+    w.emit(f"w2 = {weights}.reshape(({g['O']}, {g['K']}))", 1)
+    w.emit(f"o3 = {per_output}.reshape((N, {g['O']}, {g['P']}))", 1)
+    w.emit(f"for g in range({g['G']}):", 1)
 
 
 def _emit(w, text, depth, **names):
@@ -85,19 +89,15 @@ def emit_conv2d(gen, k, w):
     n = k.node
     x, wt = n.inputs
     g = _geometry(n, x.shape, wt.shape, n.shape[2:])
-    y, xa, wa = w.array(n), w.array(x), w.array(wt)
-    _scratch(w, "cols", g["K"], g["P"], n.dtype)
-    _scratch(w, "res", g["Og"], g["P"], n.dtype)
-    w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
-    w.emit(f"y3 = {y}.reshape((N, {g['O']}, {g['P']}))", 1)
-    w.emit(f"for g in range({g['G']}):", 1)
+    xa = w.array(x)
+    _begin(w, g, n.dtype, "res", w.array(wt), w.array(n))
     _emit(w, _IM2COL, 2, x=xa, **g)
     w.emit(f"wg = w2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
     gen.gemm_call(w, n.dtype, "wg", NO_TRANS, "cols", NO_TRANS, "res", depth=2)
     _emit(w, """for b in prange(N):
     for o in range({Og}):
         for p in range({P}):
-            y3[b, g * {Og} + o, p] = res[o, b * {P} + p]""", 2, **g)
+            o3[b, g * {Og} + o, p] = res[o, b * {P} + p]""", 2, **g)
 
 
 def emit_conv2d_grad_input(gen, k, w):
@@ -106,14 +106,10 @@ def emit_conv2d_grad_input(gen, k, w):
     n = k.node
     gr, wt = n.inputs
     g = _geometry(n, n.shape, wt.shape, gr.shape[2:])
-    dx, ga, wa = w.array(n), w.array(gr), w.array(wt)
-    _scratch(w, "cols", g["K"], g["P"], n.dtype)
-    _scratch(w, "gm", g["Og"], g["P"], n.dtype)
-    w.emit(f"w2 = {wa}.reshape(({g['O']}, {g['K']}))", 1)
-    w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
+    dx = w.array(n)
     w.emit(f"{dx}[...] = 0", 1)
-    w.emit(f"for g in range({g['G']}):", 1)
-    _emit(w, _GATHER, 2, g3="g3", **g)
+    _begin(w, g, n.dtype, "gm", w.array(wt), w.array(gr))
+    _emit(w, _GATHER, 2, **g)
     w.emit(f"wg = w2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
     gen.gemm_call(w, n.dtype, "wg", TRANS, "gm", NO_TRANS, "cols", depth=2)
     _emit(w, _COL2IM, 2, dx=dx, **g)
@@ -125,15 +121,11 @@ def emit_conv2d_grad_weight(gen, k, w):
     n = k.node
     x, gr = n.inputs
     g = _geometry(n, x.shape, n.shape, gr.shape[2:])
-    dwa, xa, ga = w.array(n), w.array(x), w.array(gr)
-    _scratch(w, "cols", g["K"], g["P"], n.dtype)
-    _scratch(w, "gm", g["Og"], g["P"], n.dtype)
-    w.emit(f"dw2 = {dwa}.reshape(({g['O']}, {g['K']}))", 1)
-    w.emit(f"g3 = {ga}.reshape((N, {g['O']}, {g['P']}))", 1)
-    w.emit(f"for g in range({g['G']}):", 1)
+    xa = w.array(x)
+    _begin(w, g, n.dtype, "gm", w.array(n), w.array(gr))
     _emit(w, _IM2COL, 2, x=xa, **g)
-    _emit(w, _GATHER, 2, g3="g3", **g)
-    w.emit(f"dwg = dw2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
+    _emit(w, _GATHER, 2, **g)
+    w.emit(f"dwg = w2[g * {g['Og']}:(g + 1) * {g['Og']}]", 2)
     gen.gemm_call(w, n.dtype, "gm", NO_TRANS, "cols", TRANS, "dwg", depth=2)
 
 

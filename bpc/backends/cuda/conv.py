@@ -8,16 +8,7 @@ batch and the output positions; a pooling gradient element over the
 windows that chose it. Direct loops: correct on every geometry, and
 simple enough for the simulator; a tiled formulation is future work.
 """
-from ..lowering import size_expr
-
-
-def _geometry(n, x_shape, w_shape, out_hw):
-    (sh, sw), (ph, pw), (dh, dw), groups = (n.attrs[k] for k in ("stride", "padding", "dilation", "groups"))
-    C, H, W = x_shape[1:]
-    O, Cg, kh, kw = w_shape
-    OH, OW = out_hw
-    return dict(sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, C=C, H=H, W=W, O=O, Cg=Cg, kh=kh, kw=kw,
-                OH=OH, OW=OW, Og=O // groups)
+from ..lowering import conv_geometry as _geometry, size_expr
 
 
 def _threads(gen, n):
