@@ -171,6 +171,14 @@ def slower_than_interpreted(report, factor=1.0):
             if r.get("ratio") and r["ratio"]["median"] * factor < 1.0]
 
 
+def slowdown_warnings(report):
+    """A warning per workload whose compiled step ran slower than its
+    interpreted one."""
+    return [f"the compiled step of {name} ran slower than the interpreted one ({1 / ratio:.2f}x the time): "
+            "compiled code should never lose; look at the thread line above (other processes on the cores, "
+            "several BLAS pools) and at Function.profile()" for name, ratio in slower_than_interpreted(report)]
+
+
 def _echo_report(report, threads, echo):
     report["notes"].append("per-step times: median over rounds, spread = half the interquartile range; "
                            "the machine may be shared, so compare ratios from one run")
@@ -185,10 +193,7 @@ def _echo_report(report, threads, echo):
     for r in report["workloads"]:
         for n in r["notes"]:
             echo(f"note ({r['workload']}): {n}")
-    for name, ratio in slower_than_interpreted(report):
-        warning = (f"the compiled step of {name} ran slower than the interpreted one "
-                   f"({1 / ratio:.2f}x the time): compiled code should never lose; look at the thread line "
-                   "above (other processes on the cores, several BLAS pools) and at Function.profile()")
+    for warning in slowdown_warnings(report):
         report["notes"].append("warning: " + warning)
         echo(f"warning: {warning}")
 

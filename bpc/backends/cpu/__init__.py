@@ -117,7 +117,7 @@ class CpuBackend(CompiledBackend):
         self._starts = np.zeros(len(gen.calls), dtype=np.int64)
         self._size_starts = np.zeros(len(gen.calls), dtype=np.int64)
         entries, sizes = [], []
-        for i, (_, slots, kernel_sizes, _) in enumerate(gen.calls):
+        for i, (_, slots, kernel_sizes, _, _) in enumerate(gen.calls):
             self._starts[i], self._size_starts[i] = len(entries), len(sizes)
             entries.extend(slots)
             sizes.extend(kernel_sizes)
@@ -127,17 +127,15 @@ class CpuBackend(CompiledBackend):
         in_slots = [[j for j, s in enumerate(entries) if s == i] for i in range(n_in)]
         self._slots = np.array([j for js in in_slots for j in js], dtype=np.int64)
         self._slot_starts = np.cumsum([0] + [len(js) for js in in_slots]).astype(np.int64)
-        self._calls = [idx for idx, _, _, _ in gen.calls]
+        self._calls = [call[0] for call in gen.calls]
         # Per call, for people reading a profile: the listing's description
         # ("k2_matmul: matmul [matmul]", "update copy") and the plan's kernel
         # (None for the update copies that follow the planned kernels).
-        self.call_describes = [describe for _, _, _, describe in gen.calls]
-        planned = [k for k in self.plan.kernels if k.form != "view"]
-        self.call_kernels = [k if k is not None and describe.startswith(k.name + ":") else None
-                             for k, describe in zip(planned + [None] * len(gen.calls), self.call_describes)]
+        self.call_describes = [call[3] for call in gen.calls]
+        self.call_kernels = [call[4] for call in gen.calls]
         self.call_modules = [names[idx] for idx in self._calls]
-        self._fns = {}          # variant -> int64 array of kernel addresses, in call order
-        self.compiles = {}      # variant -> [KernelCompile], unique kernels in order of first call
+        self._fns = {}          # each call's variant (a tuple) -> int64 array of kernel addresses, in call order
+        self.compiles = {}      # "serial"/"parallel"/"mixed" -> [KernelCompile], unique kernels in order of first call
         self._scratch_specs = gen.scratch_specs
         self._leaves = gen.leaves
         self._leaf_values = [t._value for t in gen.leaves]   # assignments copy into these arrays

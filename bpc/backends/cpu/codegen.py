@@ -37,7 +37,7 @@ from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
 from . import blas, conv
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
-                        reduced_index, acc_init, accumulate, acc_final, view_chain)
+                        reduced_index, acc_dtype, acc_init, accumulate, acc_final, view_chain)
 
 # No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
 # 'reassoc': with either, LLVM folds exp(log(x)) into x and hides log(-1)'s NaN.
@@ -215,7 +215,7 @@ class Generator:
         self.scratch_index = {}
         self.kernel_sources = []     # unique kernel modules, in order of first call
         self.calls = []              # (index into kernel_sources, storage index of each table entry,
-        #                               the sizes it reads, describe)
+        #                               the sizes it reads, describe, the plan's kernel or None)
         self._kernel_index = {}
         for k in plan.kernels:
             if k.form == "view":     # views are taken inside the kernels that read them
@@ -227,7 +227,7 @@ class Generator:
                 w.describe += f" over {w.flat[1:-2]} elements, flat"
             elif k.form == "loop":
                 w.describe += f" over {format_shape(k.shape)}" + (f" reducing axes {k.axes}" if k.axes else "")
-            self._call(w, k.describe())
+            self._call(w, k.describe(), k)
         self._copies()
 
     def storage_index(self, n):
@@ -236,12 +236,12 @@ class Generator:
             return self._storage[n.id]
         return len(self._storage) + self.plan.buffers[n.id]
 
-    def _call(self, w, describe):
+    def _call(self, w, describe, kernel=None):
         src = w.module_source()
         idx = self._kernel_index.setdefault(src, len(self.kernel_sources))
         if idx == len(self.kernel_sources):
             self.kernel_sources.append(src)
-        self.calls.append((idx, w.slots, w.sizes, describe))
+        self.calls.append((idx, w.slots, w.sizes, describe, kernel))
 
     def listing(self, module_names):
         """The step as text: one line per kernel call, for people reading it."""
@@ -255,7 +255,7 @@ class Generator:
             lines.append("# Scratch arrays: " + ", ".join(f"scratch{i} {dt.name}{format_shape(s)}"
                                                           for i, (s, dt) in enumerate(self.scratch_specs)))
         lines += [f"# {describe}: {module_names[idx]}(N, {', '.join(storage[s] for s in slots)})"
-                  + (f" sizes {sizes}" if sizes else "") for idx, slots, sizes, describe in self.calls]
+                  + (f" sizes {sizes}" if sizes else "") for idx, slots, sizes, describe, _ in self.calls]
         return lines
 
     def _copies(self):
@@ -473,18 +473,22 @@ class Generator:
         `_row_loops` does."""
         kept = list(range(len(k.axes), len(bounds)))
         rows = bounds[0]
+        kept_index = "".join(f", i{a}" for a in kept)
+        part = lambda r: f"{w.local(r, 'part')}[part{kept_index}]"
         w.emit(f"nparts = max(1, min({rows} // {COLUMN_PART_ROWS}, {COLUMN_PARTS}))", 1)
-        kept_shape = "".join(f"{bounds[a]}, " for a in kept)
-        for r in reductions:
-            w.emit(f"{w.local(r, 'part')} = np.full((nparts, {kept_shape}), {acc_init(r)})", 1)
+        for r in reductions:   # partial results: workspace scratch, no allocation per call
+            w.emit(f"{w.local(r, 'part')} = {w.scratch((COLUMN_PARTS,) + k.shape[len(k.axes):], acc_dtype(r))}", 1)
         w.emit("for part in prange(nparts):", 1)
+        depth = 2
+        for a in kept:         # this part's row of partial results starts at the fold's identity
+            w.emit(f"for i{a} in range({bounds[a]}):", depth + a - kept[0])
+        for r in reductions:
+            w.emit(f"{part(r)} = {acc_init(r)}", depth + len(kept))
         w.emit(f"for i0 in range(part * {rows} // nparts, (part + 1) * {rows} // nparts):", 2)
         depth = 3
         for a in list(k.axes[1:]) + kept:
             w.emit(f"for i{a} in range({bounds[a]}):", depth)
             depth += 1
-        kept_index = "".join(f", i{a}" for a in kept)
-        part = lambda r: f"{w.local(r, 'part')}[part{kept_index}]"
 
         def finish():   # each kept index's result from the parts' partial results (serially: little work)
             depth = 1
