@@ -12,7 +12,7 @@ from .graph.tensor import Tensor, input, param, constant, state
 from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, tanh, sigmoid, relu,
                   leaky_relu, softplus, sign, stop_gradient, maximum, minimum, clip, where, equal,
                   not_equal, less, less_equal, greater, greater_equal, cast, sum, mean, max, argmax,
-                  transpose, reshape, broadcast_to, matmul, log_softmax, softmax, one_hot,
+                  transpose, matrix_transpose, reshape, broadcast_to, matmul, log_softmax, softmax, one_hot,
                   softmax_cross_entropy, binary_cross_entropy_with_logits, mse, kl_div, dropout, conv2d,
                   max_pool2d, avg_pool2d, flatten, pad)
 from .autodiff import grad

@@ -65,7 +65,13 @@ def test_training_step_is_one_generated_function_with_fused_loops(mlp_step):
     assert len(step.backend.plan.in_place) == 6 and not step.backend.plan.copies
     src = step.source
     modules = step.backend.kernel_sources
-    assert src.count("def serial(N, p, d):") == src.count("def parallel(N, p, d):") == len(modules)
+    # Each module has a serial and a parallel variant; those without a
+    # parallel loop (the products) only the serial one.
+    assert src.count("def serial(N, p, d):") == len(modules)
+    with_loops = [m for m in modules if "prange(" in m]
+    assert src.count("def parallel(N, p, d):") == len(with_loops)
+    assert src.count("parallel = serial") == len(modules) - len(with_loops) > 0
+    assert not any("# matmul" in m.split("\n")[1] for m in with_loops)
     assert "prange" in src and ("cblas_gemm(" if blas.numpy_gemm() else "np.dot(") in src and "# k0_" in src
     # One module per kernel structure: the hidden layers' identical kernels
     # (bias + ReLU, the ReLU mask product...) and all SGD updates of one
@@ -412,3 +418,30 @@ def test_sgd_updates_of_weights_fold_into_their_matrix_products(dtype):
         assert kinds.count("matmul [matmul, mul, sub]") == want, (name, kinds)
         for _ in range(3):
             f(X)
+
+
+@pytest.mark.parametrize("choice", ["numpy", "scipy"])
+def test_batched_products_and_their_weight_gradients_match_the_interpreter(monkeypatch, choice):
+    """Stacks of matrices times a weight (one BLAS call over all rows), the
+    weight's gradient (products summed over the batch accumulate into one
+    output: the stack is never stored), broadcast batches and partial sums
+    with keepdims=False: all agree with the interpreter over SGD steps."""
+    if choice == "numpy" and blas.numpy_gemm() is None:
+        pytest.skip("this NumPy's BLAS exposes no CBLAS gemm bpc can call")
+    monkeypatch.setenv("BPC_BLAS", choice)
+    x = bpc.input("x", (None, 5, 6), dtype="float64")
+    W = bpc.param("W", (6, 4), init="glorot_uniform", seed=1, dtype="float64")
+    S = bpc.param("S", (3, 1, 4, 5), init="glorot_uniform", seed=2, dtype="float64")
+    h = bpc.tanh(x @ W)                               # (N, 5, 4)
+    loss = bpc.sum(h * h) + bpc.sum((S @ h) ** 2)     # (3, N, 4, 4): S broadcast over the batch
+    partial = bpc.sum(h.mT @ x, axis=0)               # summed over the batch, keepdims=False
+    per_row = bpc.sum(x.mT @ x, axis=1)               # a sum over matrix axes: not folded
+    f = bpc.function([x], [loss, partial, per_row], target="cpu", check=True,
+                     updates=bpc.optim.SGD(0.05).updates(loss, [W, S]))
+    kinds = [k.describe().split(": ", 1)[1] for k in f.backend.plan.kernels]
+    # W's and S's gradients, h's through S (summed over S's batch of 3), `partial`
+    assert kinds.count("matmul [matmul, sum]") == 4, kinds
+    X = np.random.default_rng(3).normal(size=(7, 5, 6))
+    for _ in range(3):
+        f(X)
+    f(X[:1])                                           # batch 1

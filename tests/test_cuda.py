@@ -108,8 +108,36 @@ def test_tiled_matmul_with_partial_tiles_and_transposed_operands():
         np.testing.assert_allclose(g, w_, rtol=1e-5 if g.dtype == np.float32 else 1e-12, atol=1e-5)
     tiled = [(grid, block) for name, grid, block in f.backend.describe_launches(13)
              if name.startswith("k") and block == (4, 4)]
-    assert len(tiled) == 5 and all(grid == (min(2, -(-c // 4)), min(2, -(-r // 4)))
+    assert len(tiled) == 5 and all(grid == (min(2, -(-c // 4)), min(2, -(-r // 4)), 1)
                                    for (grid, _), (r, c) in zip(tiled, [w_.shape for w_ in want]))
+
+
+def test_tiled_batched_matmul_broadcasts_and_sums_weight_gradients_over_the_batch():
+    """Stacks of products along the grid's z axis (broadcast leading
+    dimensions, partial tiles), and a weight's gradient summed over the batch
+    in the product's own accumulator, tiled and untiled, match NumPy."""
+    x = bpc.input("x", (None, 5, 7), dtype="float64")
+    w = bpc.input("w", (7, 6), dtype="float64")
+    s = bpc.input("s", (2, 1, 6, 5), dtype="float64")
+    y = x @ w
+    loss = bpc.sum(y * y) + bpc.sum(s @ x)
+    gx, gw = bpc.grad(loss, [x, w])
+    rng = np.random.default_rng(4)
+    xv, wv, sv = rng.normal(size=(3, 5, 7)), rng.normal(size=(7, 6)), rng.normal(size=(2, 1, 6, 5))
+    yv = xv @ wv
+    want = [yv, sv @ xv, np.einsum("nmk,nmp->kp", xv, 2 * yv), 2 * yv @ wv.T + sv.sum(axis=(0, 1, 2))[:, None]]
+    for limits in (TILED, TREE):
+        f = cuda_fn([x, w, s], [y, s @ x, gw, gx], **limits)
+        got = f(xv, wv, sv)
+        for g, w_ in zip(got, want):
+            np.testing.assert_allclose(g, w_, rtol=1e-12, atol=1e-12)
+        kinds = [k.describe().split(": ", 1)[1] for k in f.backend.plan.kernels]
+        assert "matmul [matmul, sum]" in kinds
+        if limits is TILED:
+            grids = [grid for _, grid, block in f.backend.describe_launches(3) if block == (4, 4)]
+            # s @ x: 2 x 3 matrices of 6 x 7 (2 x 2 tiles), 2 blocks along z stepping over them;
+            # w's gradient: one 7 x 6 matrix (the batch summed inside).
+            assert (2, 2, 2) in grids and (2, 2, 1) in grids
 
 
 def test_grid_stride_loops_views_and_random_numbers_cover_every_element():
@@ -299,6 +327,13 @@ PTX_SCRIPT = textwrap.dedent("""
     kern = bpc.param("kern", (4, 1, 3, 2), init="glorot_uniform", seed=3)
     feat = bpc.max_pool2d(bpc.relu(bpc.conv2d(img, kern, stride=(1, 2), padding=1, dilation=(2, 1), groups=2)), 2)
     graphs["cnn"] = bpc.function([img], [feat, *bpc.grad(bpc.sum(feat * feat), [img, kern])], target="interpret")
+    # Batched products: broadcast stacks, and a weight's gradient summed over the batch.
+    seq = bpc.input("seq", (None, 5, 6))
+    proj = bpc.param("proj", (6, 4), init="glorot_uniform", seed=4)
+    mix = bpc.param("mix", (3, 1, 4, 5), init="glorot_uniform", seed=5)
+    stacked = mix @ bpc.tanh(seq @ proj)
+    graphs["batched_matmul"] = bpc.function(
+        [seq], [stacked, *bpc.grad(bpc.sum(stacked * stacked), [seq, proj, mix])], target="interpret")
     counter = bpc.param("counter", np.zeros(3, np.float32))
     graphs["deferred_update"] = bpc.function([logits], counter + 1.0, updates={counter: counter + 1.0},
                                              target="interpret")

@@ -55,11 +55,16 @@ def test_matmul_inner_dimension_mismatch_names_op_shapes_and_line():
     assert "inner dimensions" in msg
 
 
-def test_matmul_rejects_non_matrices():
-    """matmul is for 2-d operands; a vector is an error that says what to do."""
-    x, v = bpc.input("x", (None, 4)), bpc.input("v", (4,))
-    msg, line = construction_error(lambda: bpc.matmul(x, v))
-    assert msg.startswith("matmul:") and "2-d" in msg and "(4,)" in msg and line in msg, msg
+def test_matmul_rejects_scalars_and_batches_that_do_not_broadcast():
+    """Vectors and stacks of matrices follow NumPy's @; a 0-d operand, or
+    leading dimensions that do not broadcast, are errors naming both shapes."""
+    x, s = bpc.input("x", (None, 4, 3)), bpc.input("s", ())
+    msg, line = construction_error(lambda: bpc.matmul(x, s))
+    assert msg.startswith("matmul:") and "at least one dimension" in msg and "()" in msg and line in msg, msg
+    m = bpc.input("m", (2, 3, 5))
+    msg, line = construction_error(lambda: x @ m)
+    assert msg.startswith("matmul:") and "(N, 4, 3)" in msg and "(2, 3, 5)" in msg and line in msg, msg
+    assert "do not broadcast" in msg and "batch size" in msg
 
 
 def test_reshape_errors_name_shapes_and_line():

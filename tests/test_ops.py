@@ -194,6 +194,12 @@ MATMUL = OpCase(
     lambda a, w, v, m: [a @ w, a @ v.T, m @ a.T, a.T @ a, a @ np.linspace(-1.0, 1.0, 18).reshape(6, 3),
                         (a @ w).T @ a])
 
+BATCHED_MATMUL = OpCase(
+    "batched_matmul",
+    lambda x, w, y, c, d, v: [x @ w, x @ y, c @ d, x @ v, v @ w, v @ y, x.mT @ x, bpc.matmul(x, w.T.T * 2.0)],
+    [Arg("x", (None, 4, 5)), Arg("w", (5, 3)), Arg("y", (None, 5, 2)), Arg("c", (2, 1, 4, 5)),
+     Arg("d", (3, 5, 2)), Arg("v", (5,))],
+    lambda x, w, y, c, d, v: [x @ w, x @ y, c @ d, x @ v, v @ w, v @ y, np.swapaxes(x, 1, 2) @ x, x @ (w * 2.0)])
 
 # ----- neural-network ops and losses ----------------------------------------------------------
 
@@ -337,7 +343,7 @@ STOP_GRADIENT = OpCase(
 
 
 DIFFERENTIABLE = (BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE]
-                  + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL]
+                  + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL]
                   + [SOFTMAX, LOG_SOFTMAX, SCE_LABELS, SCE_PROBS, BCE, MSE, KL_DIV, DROPOUT, CAST, MLP])
 NON_DIFF = [COMPARISONS, NON_DIFFERENTIABLE, STOP_GRADIENT]
 ALL_CASES = DIFFERENTIABLE + NON_DIFF
@@ -371,7 +377,7 @@ def test_non_differentiable_forward_and_zero_gradient(case, target):
 # faster than its size (all cases in one function took minutes; six cases
 # 70 s; the same six one by one 22 s).
 FLOAT32_CASES = (BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE]
-                 + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL]
+                 + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL]
                  + [SOFTMAX, LOG_SOFTMAX, SCE_LABELS, SCE_PROBS, BCE, MSE, KL_DIV, DROPOUT, MLP] + NON_DIFF)
 
 

@@ -160,6 +160,11 @@ class Tensor:
     def T(self):
         return _ops().transpose(self)
 
+    @property
+    def mT(self):
+        """Each matrix of a stack transposed (the two last axes exchanged)."""
+        return _ops().matrix_transpose(self)
+
     def sum(self, axis=None, keepdims=False): return _ops().sum(self, axis, keepdims)
     def mean(self, axis=None, keepdims=False): return _ops().mean(self, axis, keepdims)
     def max(self, axis=None, keepdims=False): return _ops().max(self, axis, keepdims)

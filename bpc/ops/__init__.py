@@ -4,7 +4,7 @@ from .elementwise import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, squ
                           relu, leaky_relu, softplus, sign, stop_gradient, maximum, minimum, clip,
                           where, equal, not_equal, less, less_equal, greater, greater_equal, cast)
 from .structural import (sum, mean, max, argmax, size_of, transpose, reshape, broadcast_to, sum_to,
-                         matmul)
+                         matmul, matrix_transpose)
 from .nn import (log_softmax, softmax, one_hot, softmax_cross_entropy, binary_cross_entropy_with_logits,
                  mse, kl_div, dropout, random_uniform, uniform_hash)
 from .conv import conv2d, max_pool2d, avg_pool2d, flatten, pad

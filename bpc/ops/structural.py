@@ -3,7 +3,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph.tensor import Tensor, as_shape, format_shape
-from .core import Op, Reduction, checking, lift, normalize_axes, require_float
+from .core import Op, Reduction, broadcast_shapes, checking, lift, normalize_axes, require_float
 from .elementwise import equal, cast
 
 
@@ -268,22 +268,41 @@ def sum_to(g, shape):
 def _matmul_infer(inputs, attrs):
     a, b = inputs
     require_float(inputs, "matmul")
-    if a.ndim != 2 or b.ndim != 2:
-        raise ShapeError("expects 2-d operands (use reshape for vectors)")
-    if a.shape[1] != b.shape[0]:
+    if a.ndim < 2 or b.ndim < 2:
+        raise ShapeError(f"expects operands of 2 or more dimensions, got {format_shape(a.shape)} @ "
+                         f"{format_shape(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"inner dimensions differ: {format_shape(a.shape)} @ {format_shape(b.shape)}")
     if a.dtype != b.dtype:
         raise ShapeError(f"operands have different dtypes {a.dtype.name} and {b.dtype.name}")
-    return (a.shape[0], b.shape[1]), a.dtype
+    try:
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ShapeError as e:
+        raise ShapeError(f"leading (batch) dimensions of {format_shape(a.shape)} @ {format_shape(b.shape)} "
+                         f"do not broadcast: {e}") from None
+    return batch + (a.shape[-2], b.shape[-1]), a.dtype
+
+
+def matrix_transpose(x):
+    """x with its two last axes exchanged: each matrix of a stack
+    transposed (NumPy's `matrix_transpose`, `x.mT`)."""
+    axes = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+    return transpose(x, axes)
 
 
 _matmul = Op("matmul", "other", _matmul_infer,
-             lambda attrs, shape, a, b: a @ b,
-             lambda n, g: (matmul(g, transpose(n.inputs[1])), matmul(transpose(n.inputs[0]), g)))
+             lambda attrs, shape, a, b: np.matmul(a, b),
+             # Operands broadcast over leading dimensions take the gradient
+             # summed over them (sum_to), as in the elementwise ops.
+             lambda n, g: (sum_to(matmul(g, matrix_transpose(n.inputs[1])), n.inputs[0].shape),
+                           sum_to(matmul(matrix_transpose(n.inputs[0]), g), n.inputs[1].shape)))
 
 
 def matmul(a, b):
-    """Matrix product of 2-d tensors (`a @ b`). A NumPy operand takes the
+    """Matrix product `a @ b` with NumPy's rules: operands of more than two
+    dimensions are stacks of matrices whose leading dimensions broadcast; a
+    1-d operand is a vector (a row on the left, a column on the right) and
+    its dimension is dropped from the result. A NumPy operand takes the
     other operand's float dtype, as in the elementwise ops (so `x @ array`
     stays float32 in a float32 graph)."""
     a = lift(a, b if isinstance(b, Tensor) else None)
@@ -291,4 +310,13 @@ def matmul(a, b):
     if a.dtype != b.dtype and a.dtype.kind == b.dtype.kind == "f":
         wide = np.promote_types(a.dtype, b.dtype)
         a, b = cast(a, wide), cast(b, wide)
-    return _matmul(a, b)
+    with checking("matmul", a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError(f"operands must have at least one dimension, got {format_shape(a.shape)} @ "
+                             f"{format_shape(b.shape)} (use * to scale)")
+    row, col = a.ndim == 1, b.ndim == 1
+    out = _matmul(reshape(a, (1,) + a.shape) if row else a, reshape(b, b.shape + (1,)) if col else b)
+    if row or col:   # drop the vectors' unit axes again
+        lead, (m, p) = out.shape[:-2], out.shape[-2:]
+        out = reshape(out, lead + ((m,) if not row else ()) + ((p,) if not col else ()))
+    return out

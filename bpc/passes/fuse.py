@@ -8,7 +8,9 @@ kernel is written, never what it contains:
   gradient's column sum, a softmax row sum). Inputs of other shapes are read
   with broadcast indexing; members used outside the kernel are stored.
 * every other op runs in a kernel of its own, of the form its `Op.kernel`
-  names: `matmul` (a BLAS call; transposed operands are passed as views),
+  names: `matmul` (a BLAS call; transposed operands are passed as views;
+  a batched product summed over batch axes by its only reader, as a
+  weight's gradient is, accumulates into that sum),
   `view` (transpose and reshape, which alias their input's buffer),
   `random`, `size_of`, `argmax` (small dedicated loops), ...; a target
   without an emitter for a form says so when it compiles.
@@ -229,6 +231,13 @@ def plan(program, gemm_updates=False):
             seen_groups[g] = k
         else:
             k = Kernel(n.op.kernel, [n])
+            total = _summing_over_batch(n, users, group_of, groups, root_ids)
+            if total is not None:
+                # The product's only reader sums it over batch axes (a
+                # weight's gradient): the product kernel accumulates into
+                # the sum and the stack of products never exists.
+                k.nodes.append(total)
+                seen_groups[groups.find(group_of[total.id])] = k
         kernels.append(k)
         for m in k.nodes:
             kernel_of_node[m.id] = k
@@ -256,6 +265,21 @@ def plan(program, gemm_updates=False):
             snapshots[v.id] = (v, len(specs))
             specs.append((v.shape, v.dtype))
     return Plan(order_k, roots, in_place, copies, buffers, specs, inline, snapshots)
+
+
+def _summing_over_batch(n, users, group_of, groups, root_ids):
+    """The sum node that alone reads the batched matrix product n and sums
+    it over some of its leading (batch) axes in a loop nest of its own;
+    else None."""
+    if n.op.kernel != "matmul" or n.ndim < 3 or n.id in root_ids or len(users[n.id]) != 1:
+        return None
+    s = users[n.id][0]
+    if s.op.name != "sum" or s.id not in group_of or s.dtype != n.dtype:
+        return None
+    if groups.members[groups.find(group_of[s.id])] != [s]:
+        return None
+    axes = s.attrs["axis"]
+    return s if axes and all(a < n.ndim - 2 for a in axes) else None
 
 
 def _base(n):

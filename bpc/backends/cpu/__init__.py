@@ -153,7 +153,10 @@ class CpuBackend(CompiledBackend):
 
     def make_workspace(self, batch):
         bufs = [np.empty(resolve(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs + self._scratch_specs]
-        choice = tuple("parallel" if self._parallel_call(k, batch) else "serial" for k in self.call_kernels)
+        # Kernels without a parallel loop (products, whose BLAS has threads of
+        # its own) have one variant: serial.
+        choice = tuple("parallel" if self._parallel_call(k, batch) and "\ndef parallel_body(" in self.kernel_sources[m]
+                       else "serial" for k, m in zip(self.call_kernels, self._calls))
         label = "serial" if "parallel" not in choice else "parallel" if self._parallel else "mixed"
         # Addresses of every storage; inputs' are written by the runner on each call.
         storage = [0] * len(self.program.inputs) + [a.ctypes.data for a in self._leaf_values + bufs]

@@ -323,27 +323,57 @@ class Generator:
 
     # ----- matrix product -----------------------------------------------------------------
     def _kernel_matmul(self, k, describe):
+        """A tiled shared-memory GEMM, or one thread per output element for
+        small products. A batched product runs its (broadcast) matrices one
+        after another along the grid's z axis; one summed over batch axes by
+        its only reader (a weight's gradient: k.nodes = [product, sum])
+        accumulates those in the same thread, so the stack never exists."""
         n = k.node
         a, b = n.inputs
-        m_dim, k_dim, p_dim = (dim_expr(d) for d in (a.shape[0], a.shape[1], b.shape[1]))
+        batch = n.shape[:-2]
+        total = k.nodes[1] if len(k.nodes) == 2 else None
+        summed = total.attrs["axis"] if total is not None else ()
+        outer_shape = tuple(d for j, d in enumerate(batch) if j not in summed)
+        summed_shape = tuple(batch[j] for j in summed)
+        outer_idx = iter(split_index("ob", outer_shape)) if outer_shape else iter(())
+        summed_idx = iter(split_index("sb", summed_shape)) if summed_shape else iter(())
+        bidx = [next(summed_idx) if j in summed else next(outer_idx) for j in range(len(batch))]
+
+        def item(t, last):   # index of t's element at batch index bidx
+            lead = t.shape[:-2]
+            return ["0" if d == 1 else bidx[len(batch) - len(lead) + j] for j, d in enumerate(lead)] + last
+
+        def store(value, row, col):
+            if total is None:
+                return self.write(n, item(n, [row, col]), value)
+            keep = total.attrs["keepdims"]
+            idx = ["0" if j in summed else bidx[j] for j in range(len(batch)) if keep or j not in summed]
+            return self.write(total, idx + [row, col], value)
+
+        m_dim, k_dim, p_dim = (dim_expr(d) for d in (a.shape[-2], a.shape[-1], b.shape[-1]))
         dt = n.dtype.name
         zero = typed_const(0, n.dtype)
         # The two tiles live in dynamic shared memory sized at launch.
         self.emit(f"sa = cuda.shared.array(0, {dt})[:TILE * TILE]", 1)
-        self.emit(f"sb = cuda.shared.array(0, {dt})[TILE * TILE:2 * TILE * TILE]", 1)
+        self.emit(f"sb_ = cuda.shared.array(0, {dt})[TILE * TILE:2 * TILE * TILE]", 1)
         self.emit(f"rows = {m_dim}", 1)
         self.emit(f"inner = {k_dim}", 1)
         self.emit(f"cols = {p_dim}", 1)
+        self.emit(f"outer = {size_expr(outer_shape)}", 1)
+        self.emit(f"summed = {size_expr(summed_shape)}", 1)
         # Small products (chosen at launch): one thread per output element,
         # a grid-stride loop with no shared memory or barriers.
         self.emit("if tiled == 0:", 1)
-        self._grid_stride("t", "rows * cols", 2)
-        self.emit("row = t // cols", 3)
-        self.emit("col = t - row * cols", 3)
+        self._grid_stride("t", "outer * rows * cols", 2)
+        self.emit("ob = t // (rows * cols)", 3)
+        self.emit("rc = t - ob * rows * cols", 3)
+        self.emit("row = rc // cols", 3)
+        self.emit("col = rc - row * cols", 3)
         self.emit(f"acc = {zero}", 3)
-        self.emit("for kk in range(inner):", 3)
-        self.emit(f"acc += {self.read(a, ['row', 'kk'])} * {self.read(b, ['kk', 'col'])}", 4)
-        self.emit(self.write(n, None, "acc", offset="t"), 3)
+        self.emit("for sb in range(summed):", 3)
+        self.emit("for kk in range(inner):", 4)
+        self.emit(f"acc += {self.read(a, item(a, ['row', 'kk']))} * {self.read(b, item(b, ['kk', 'col']))}", 5)
+        self.emit(store("acc", "row", "col"), 3)
         self.emit("return", 2)
         # Tiled: each block computes TILE x TILE outputs, staging TILE-wide
         # slices of both operands in shared memory (zeros past the edges).
@@ -351,29 +381,32 @@ class Generator:
         # block only), so every thread reaches every barrier.
         self.emit("tx = cuda.threadIdx.x", 1)
         self.emit("ty = cuda.threadIdx.y", 1)
-        self.emit("for tr in range(cuda.blockIdx.y, (rows + TILE - 1) // TILE, cuda.gridDim.y):", 1)
-        self.emit("for tc in range(cuda.blockIdx.x, (cols + TILE - 1) // TILE, cuda.gridDim.x):", 2)
-        self.emit("row = tr * TILE + ty", 3)
-        self.emit("col = tc * TILE + tx", 3)
-        self.emit(f"acc = {zero}", 3)
-        self.emit("for k0 in range(0, inner, TILE):", 3)
-        self.emit("ka = k0 + tx", 4)
-        self.emit("kb = k0 + ty", 4)
-        self.emit("if row < rows and ka < inner:", 4)
-        self.emit(f"sa[ty * TILE + tx] = {self.read(a, ['row', 'ka'])}", 5)
-        self.emit("else:", 4)
-        self.emit(f"sa[ty * TILE + tx] = {zero}", 5)
-        self.emit("if kb < inner and col < cols:", 4)
-        self.emit(f"sb[ty * TILE + tx] = {self.read(b, ['kb', 'col'])}", 5)
-        self.emit("else:", 4)
-        self.emit(f"sb[ty * TILE + tx] = {zero}", 5)
-        self.emit("cuda.syncthreads()", 4)
-        self.emit("for kk in range(TILE):", 4)
-        self.emit("acc += sa[ty * TILE + kk] * sb[kk * TILE + tx]", 5)
-        self.emit("cuda.syncthreads()", 4)
-        self.emit("if row < rows and col < cols:", 3)
-        self.emit(self.write(n, ["row", "col"], "acc"), 4)
-        launch = {"rows": a.shape[0], "inner": a.shape[1], "cols": b.shape[1], "itemsize": n.dtype.itemsize}
+        self.emit("for ob in range(cuda.blockIdx.z, outer, cuda.gridDim.z):", 1)
+        self.emit("for tr in range(cuda.blockIdx.y, (rows + TILE - 1) // TILE, cuda.gridDim.y):", 2)
+        self.emit("for tc in range(cuda.blockIdx.x, (cols + TILE - 1) // TILE, cuda.gridDim.x):", 3)
+        self.emit("row = tr * TILE + ty", 4)
+        self.emit("col = tc * TILE + tx", 4)
+        self.emit(f"acc = {zero}", 4)
+        self.emit("for sb in range(summed):", 4)
+        self.emit("for k0 in range(0, inner, TILE):", 5)
+        self.emit("ka = k0 + tx", 6)
+        self.emit("kb = k0 + ty", 6)
+        self.emit("if row < rows and ka < inner:", 6)
+        self.emit(f"sa[ty * TILE + tx] = {self.read(a, item(a, ['row', 'ka']))}", 7)
+        self.emit("else:", 6)
+        self.emit(f"sa[ty * TILE + tx] = {zero}", 7)
+        self.emit("if kb < inner and col < cols:", 6)
+        self.emit(f"sb_[ty * TILE + tx] = {self.read(b, item(b, ['kb', 'col']))}", 7)
+        self.emit("else:", 6)
+        self.emit(f"sb_[ty * TILE + tx] = {zero}", 7)
+        self.emit("cuda.syncthreads()", 6)
+        self.emit("for kk in range(TILE):", 6)
+        self.emit("acc += sa[ty * TILE + kk] * sb_[kk * TILE + tx]", 7)
+        self.emit("cuda.syncthreads()", 6)
+        self.emit("if row < rows and col < cols:", 4)
+        self.emit(store("acc", "row", "col"), 5)
+        launch = {"rows": a.shape[-2], "inner": a.shape[-1], "cols": b.shape[-1], "outer": outer_shape,
+                  "itemsize": n.dtype.itemsize}
         return self._finish("matmul", launch, describe, scalars=("N", "tiled"))
 
     # ----- small kernels --------------------------------------------------------------------

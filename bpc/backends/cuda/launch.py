@@ -96,10 +96,12 @@ def configure(spec, batch, limits):
         return grid, block, shared, {"rlog": rn.bit_length() - 1}
     if spec.form == "matmul":
         rows, inner, cols = (_size((spec.launch[k],), batch) for k in ("rows", "inner", "cols"))
+        outer = _size(spec.launch["outer"], batch)   # matrices in the (unsummed) batch
         if rows * inner * cols >= L.tiled_min_work and min(rows, cols) >= L.tile:
-            grid = (min(_blocks(cols, L.tile), L.max_blocks), min(_blocks(rows, L.tile), L.max_blocks))
+            grid = (min(_blocks(cols, L.tile), L.max_blocks), min(_blocks(rows, L.tile), L.max_blocks),
+                    max(1, min(outer, L.max_blocks)))
             return grid, (L.tile, L.tile), 2 * L.tile * L.tile * spec.launch["itemsize"], {"tiled": 1}
-        total = rows * cols
+        total = outer * rows * cols
         threads = min(L.block, total)
         return min(_blocks(total, threads), L.max_blocks), threads, 0, {"tiled": 0}
     total = _size(spec.launch["total"], batch)
