@@ -235,16 +235,15 @@ def test_pooling_shape_errors_name_the_users_line(make, message):
         make(x)
 
 
-def test_scratch_arrays_of_one_shape_stay_distinct_within_a_kernel():
-    """The cpu convolution's columns (K x N*P) and its result rows (O x N*P)
-    are workspace scratch arrays; with K == O they have one shape and must
-    still be two arrays (sharing one gave wrong outputs), while the next
-    kernels reuse them."""
+def test_cpu_convolutions_share_one_scratch_matrix_of_columns():
+    """The cpu convolution kernels lay out one image's columns (K x P) in a
+    workspace scratch array, allocated once and shared by the forward
+    kernel and both gradients (a group of 4 channels, so K = 4 = O)."""
     x = bpc.input("x", (None, 1, 5, 5), dtype="float64")
-    w = bpc.input("w", (4, 1, 2, 2), dtype="float64")             # K = 1*2*2 = 4 = O
+    w = bpc.input("w", (4, 1, 2, 2), dtype="float64")
     y = bpc.conv2d(x, w)
     f = bpc.function([x, w], [y, *bpc.grad(bpc.sum(y * y), [x, w])], target="cpu", check=True)
     rng = np.random.default_rng(0)
     X, Wt = rng.normal(size=(3, 1, 5, 5)), rng.normal(size=(4, 1, 2, 2))
     np.testing.assert_allclose(f(X, Wt)[0], reference_conv(X, Wt, (1, 1), (0, 0), (1, 1), 1), rtol=1e-12)
-    assert len(f.backend._scratch_specs) == 2
+    assert f.backend._scratch_specs == [((4 * 4 * 4,), np.dtype("float64"))]

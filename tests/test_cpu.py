@@ -341,6 +341,22 @@ def test_reductions_over_leading_axes_run_in_memory_order_and_match_numpy(parall
             np.testing.assert_allclose(got, ref, rtol=1e-5 if got.dtype == np.float32 else 1e-12)
 
 
+def test_scratch_arrays_of_one_shape_stay_distinct_within_a_kernel():
+    """Two column sums in one loop nest keep their partial sums in two
+    workspace scratch arrays of one shape (sharing one gave wrong sums);
+    the next kernel reuses them."""
+    x = bpc.input("x", (None, 5), dtype="float64")
+    t = bpc.tanh(x)
+    f = bpc.function([x], [bpc.sum(t * t, axis=0), bpc.sum(t, axis=0), bpc.sum(bpc.exp(x), axis=0)], target="cpu")
+    assert [k.describe().split(": ")[1] for k in f.backend.plan.kernels] == [
+        "loop [tanh, mul, sum, sum]", "loop [exp, sum]"]
+    specs = f.backend._scratch_specs
+    assert len(specs) == 2 and specs[0] == specs[1]
+    X = np.random.default_rng(0).normal(size=(37, 5))
+    for got, want in zip(f(X), [(np.tanh(X) ** 2).sum(0), np.tanh(X).sum(0), np.exp(X).sum(0)]):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("choice", ["numpy", "scipy"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matrix_products_through_either_blas_match_the_interpreter(monkeypatch, choice, dtype):

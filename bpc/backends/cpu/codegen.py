@@ -369,15 +369,25 @@ class Generator:
     def gemm_call(self, w, dtype, a, ta, b, tb, out, alpha=1.0, beta=0.0, depth=1):
         """Emit out = alpha * op(a) @ op(b) + beta * out through NumPy's
         BLAS (`blas.py`): a, b, out are C-ordered 2-d arrays (source text),
-        ta/tb CBLAS transpose flags. Without NumPy's BLAS: np.dot."""
+        ta/tb CBLAS transpose flags, alpha a number, beta a number or source
+        text (where it is 0, out is not read). Without NumPy's BLAS: np.dot."""
+        if not isinstance(beta, str):
+            beta = typed_const(beta, dtype)
+        elif not beta.isidentifier():
+            w.emit(f"gemm_beta = {dtype.name}({beta})", depth)
+            beta = "gemm_beta"
         if self.gemm is None:
             view = lambda x, t: f"{x}.T" if t == blas.TRANS else x
             product = f"np.dot({view(a, ta)}, {view(b, tb)})"
-            if (alpha, beta) == (1.0, 0.0):
-                w.emit(f"np.dot({view(a, ta)}, {view(b, tb)}, {out})", depth)
-            else:
-                w.emit(f"{out}[:] = {typed_const(alpha, dtype)} * {product} + {typed_const(beta, dtype)} * {out}",
+            scaled = product if alpha == 1.0 else f"{typed_const(alpha, dtype)} * {product}"
+            if beta == typed_const(0.0, dtype):
+                w.emit(f"np.dot({view(a, ta)}, {view(b, tb)}, {out})" if alpha == 1.0 else f"{out}[:] = {scaled}",
                        depth)
+            else:
+                w.emit(f"if {beta} == 0:", depth)
+                w.emit(f"{out}[:] = {scaled}", depth + 1)
+                w.emit("else:", depth)
+                w.emit(f"{out}[:] = {scaled} + {beta} * {out}", depth + 1)
             return
         a, b, out = (self._bind(w, name, x, depth) for name, x in (("gemm_a", a), ("gemm_b", b), ("gemm_c", out)))
         w.uses_blas = True
@@ -385,7 +395,7 @@ class Generator:
         inner = f"{a}.shape[{0 if ta == blas.TRANS else 1}]"
         w.emit(f"cblas_gemm({fn}, {self.gemm.index_bits}, {ta}, {tb}, {out}.shape[0], {out}.shape[1], {inner}, "
                f"{typed_const(alpha, dtype)}, {a}.ctypes.data, {a}.shape[1], {b}.ctypes.data, {b}.shape[1], "
-               f"{typed_const(beta, dtype)}, {out}.ctypes.data, {out}.shape[1])", depth)
+               f"{beta}, {out}.ctypes.data, {out}.shape[1])", depth)
 
     def _gemm_operand(self, t, w):
         """(C-ordered array, CBLAS transpose flag) of a product's operand: a
