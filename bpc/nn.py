@@ -112,7 +112,9 @@ class Module:
 
 
 class Dense(Module):
-    """A fully connected layer: activation(x @ W + b).
+    """A fully connected layer: activation(x @ W + b), over the last axis
+    of x, so a (batch, T, in) input gives (batch, T, out) (one product over
+    all rows on cpu).
 
     `activation` is None (linear), a name in `bpc.nn.ACTIVATIONS` or a
     callable on tensors. `init` names the weight initializer (default:
@@ -137,9 +139,9 @@ class Dense(Module):
     def __call__(self, x, training=False):
         if not isinstance(x, Tensor):
             raise TypeError(f"Dense '{self.name}': expected a bpc tensor, got {type(x).__name__}")
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ShapeError(f"Dense '{self.name}' expects a (batch, {self.in_features}) input, "
-                             f"got '{x.name}' of shape {format_shape(x.shape)}")
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"Dense '{self.name}' expects a (batch, {self.in_features}) input (or (batch, ..., "
+                             f"{self.in_features}): each position), got '{x.name}' of shape {format_shape(x.shape)}")
         out = x @ self.W
         if self.b is not None:
             out = out + self.b

@@ -114,11 +114,29 @@ def test_bad_layer_arguments_raise(make, error, message):
         make()
 
 
+def test_dense_applies_to_every_position_of_a_sequence(target):
+    """Dense over (batch, T, in) is the same layer at each of the T
+    positions: forward and gradients match NumPy on every target."""
+    layer = nn.Dense(4, 3, activation="tanh", seed=0, dtype="float64")
+    x = bpc.input("x", (None, 5, 4), dtype="float64")
+    y = layer(x)
+    assert y.shape == (None, 5, 3)
+    f = bpc.function([x], [y, *bpc.grad(bpc.sum(y * y), layer.params)], target=target)
+    X = np.random.default_rng(0).normal(size=(2, 5, 4))
+    W, b = layer.W.value, layer.b.value
+    h = np.tanh(X @ W + b)
+    g = 2 * h * (1 - h * h)
+    for got, want in zip(f(X), [h, np.einsum("ntk,nto->ko", X, g), g.sum((0, 1))]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_wrong_input_shape_names_the_layer():
     model = nn.Sequential([nn.Dense(64, 10, name="first")])
     x = bpc.input("x", (None, 32))
-    with pytest.raises(bpc.ShapeError, match=r"Dense 'first' expects a \(batch, 64\) input, got 'x' of shape \(N, 32\)"):
+    with pytest.raises(bpc.ShapeError, match=r"Dense 'first' expects a \(batch, 64\) input .*got 'x' of shape \(N, 32\)"):
         model(x)
+    with pytest.raises(bpc.ShapeError, match=r"Dense 'first' .*got 'v' of shape \(64,\)"):
+        model(bpc.input("v", (64,)))
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         model.predict(np.ones((2, 64)), batch_size=0)
 
