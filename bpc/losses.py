@@ -163,7 +163,7 @@ def build_graph(model, loss, input_shape, dtype, Y=None, training=True, eval_gra
     """
     spec = get_loss(loss)
     params = list(model.params)
-    x = input_tensor("x", (None,) + tuple(input_shape), dtype=dtype)
+    x = input_tensor("x", (None,) + tuple(input_shape), dtype=getattr(model, "input_dtype", dtype))
     out = model(x, training=training)
     eval_out = model(x, training=False) if eval_graph else None
     _check_output(out, "output")

@@ -91,6 +91,12 @@ class Module:
         ps = self.params
         return ps[0].dtype if ps else np.dtype("float32")
 
+    @property
+    def input_dtype(self):
+        """The dtype of the inputs the model takes: its float dtype, or
+        int64 for models that start with an Embedding (token ids)."""
+        return self.dtype
+
     def predict(self, X, batch_size=1024, target=None):
         """The inference-mode output for NumPy inputs `X`, computed in chunks
         of `batch_size` rows by a function compiled once per target."""
@@ -101,10 +107,10 @@ class Module:
         cache = self.__dict__.setdefault("_predict_fns", {})
         key = (target, X.shape[1:])
         if key not in cache:
-            x = input("x", (None,) + X.shape[1:], dtype=self.dtype)
+            x = input("x", (None,) + X.shape[1:], dtype=self.input_dtype)
             cache[key] = function([x], self(x, training=False), target=target, name="predict")
         fn = cache[key]
-        X = X.astype(self.dtype, copy=False)
+        X = X.astype(self.input_dtype, copy=False)
         return np.concatenate([fn(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
 
     def __repr__(self):
@@ -232,6 +238,49 @@ class AvgPool2d(_Pool2d):
     pool = ops.avg_pool2d
 
 
+class Embedding(Module):
+    """Rows of a (vocab, dim) table for integer token ids: (batch, T) ids
+    give (batch, T, dim) vectors (`bpc.take`). `weights`: the initial table
+    (pretrained word vectors, say), else N(0, 1) entries as in PyTorch;
+    `trainable=False` keeps it a constant. An id outside [0, vocab) in the
+    input is an error at call time. Its parameter is `<name>_table`."""
+
+    def __init__(self, vocab, dim, weights=None, trainable=True, seed=None, name=None, dtype="float32"):
+        self.vocab = check_int(vocab, "Embedding: vocab")
+        self.dim = check_int(dim, "Embedding: dim")
+        self.name = _check_name(name, "embedding")
+        if weights is None:
+            value = np.random.default_rng(seed).standard_normal((self.vocab, self.dim))
+        else:
+            value = np.asarray(weights)
+            if value.shape != (self.vocab, self.dim):
+                raise ShapeError(f"Embedding '{self.name}': weights have shape {value.shape}, expected "
+                                 f"({self.vocab}, {self.dim})")
+        value = value.astype(dtype)
+        self.trainable = bool(trainable)
+        self.table = param(f"{self.name}_table", value) if self.trainable else ops.lift(value)
+        self._dtype = np.dtype(dtype)
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def input_dtype(self):
+        return np.dtype("int64")
+
+    def __call__(self, ids, training=False):
+        if not isinstance(ids, Tensor):
+            raise TypeError(f"Embedding '{self.name}': expected a bpc tensor of ids, got {type(ids).__name__}")
+        if ids.dtype.kind not in "iu":
+            raise ShapeError(f"Embedding '{self.name}' expects integer token ids, got '{ids.name}' of dtype "
+                             f"{ids.dtype.name}")
+        return ops.take(self.table, ids)
+
+    def named_params(self):
+        return {"table": self.table} if self.trainable else {}
+
+
 class Flatten(Module):
     """(batch, d1, d2, ...) -> (batch, d1*d2*...), before Dense layers."""
 
@@ -285,6 +334,11 @@ class Sequential(Module):
         for layer in self.layers:
             x = layer(x, training=training) if isinstance(layer, Module) else layer(x)
         return x
+
+    @property
+    def input_dtype(self):
+        first = self.layers[0]
+        return first.input_dtype if isinstance(first, Module) else self.dtype
 
     def _named(self, method):
         return {f"{i}.{k}": t for i, layer in enumerate(self.layers) if isinstance(layer, Module)

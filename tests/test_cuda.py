@@ -334,6 +334,13 @@ PTX_SCRIPT = textwrap.dedent("""
     stacked = mix @ bpc.tanh(seq @ proj)
     graphs["batched_matmul"] = bpc.function(
         [seq], [stacked, *bpc.grad(bpc.sum(stacked * stacked), [seq, proj, mix])], target="interpret")
+    # Slicing, concat and take (embedding rows), with their gradients (take's: atomic adds).
+    table = bpc.param("table", (9, 4), init="glorot_uniform", seed=6)
+    tokens = bpc.input("tokens", (None, 5), dtype="int64")
+    vecs = bpc.take(table, tokens)
+    joined = bpc.concat([vecs[:, 1:, ::2], vecs[:, :-1, 1::2]], axis=2)
+    graphs["indexing"] = bpc.function(
+        [tokens], [joined, *bpc.grad(bpc.sum(joined * joined), [table])], target="interpret")
     counter = bpc.param("counter", np.zeros(3, np.float32))
     graphs["deferred_update"] = bpc.function([logits], counter + 1.0, updates={counter: counter + 1.0},
                                              target="interpret")
@@ -366,5 +373,6 @@ def test_every_kernel_compiles_to_ptx_and_float32_kernels_hold_no_float64_arithm
                 "add", "sub", "div", "cvt", "mov", "ld", "st", "selp"}, (name, kernel, instructions)
     assert {"loop", "reduce", "matmul", "random"} <= set(report["mlp_sgd_step"]["kinds"])
     assert {"loop", "reduce", "matmul", "random", "size_of", "argmax", "copy", "conv2d", "conv2d_grad_input",
-            "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad"} == {kind for r in report.values() for kind in r["kinds"]}
+            "conv2d_grad_weight", "max_pool2d", "max_pool2d_grad", "slice", "unslice", "concat", "take",
+            "take_grad"} == {kind for r in report.values() for kind in r["kinds"]}
     assert report["mlp_adam_step"]["float64_kernels"], "the audit saw no accumulator at all"

@@ -283,3 +283,40 @@ def test_reshape_keeps_the_batch_dimension_as_often_as_it_was():
     with pytest.raises(bpc.ShapeError, match=r"reshape: .*must appear as often in both.*test_errors.py"):
         bpc.reshape(x * x.T, (None, 1))
     assert bpc.reshape(x * x.T, (None, None, 1)).shape == (None, None, 1)
+
+
+@pytest.mark.parametrize("build, op, fragment", [
+    (lambda x, t, i: x[:, :, 0], "getitem", "too many indices: 3 for a 2-d tensor"),
+    (lambda x, t, i: x[1:], "getitem", "axis 0 is the batch dimension: it can only be taken whole"),
+    (lambda x, t, i: x[:, 7], "getitem", "index 7 is out of range for axis 1 of size 4"),
+    (lambda x, t, i: x[:, ::0], "getitem", "slice step cannot be zero"),
+    (lambda x, t, i: x[:, i], "getitem", "use bpc.take"),
+    (lambda x, t, i: x[..., ...], "getitem", "a single ellipsis"),
+    (lambda x, t, i: bpc.concat([x, t], axis=1), "concat", "(N, 4) and (5, 3) differ outside axis 1"),
+    (lambda x, t, i: bpc.concat([x, x], axis=0), "concat", "batch dimension: tensors cannot be joined along it"),
+    (lambda x, t, i: bpc.concat([x, x], axis=2), "concat", "axis 2 is out of range"),
+    (lambda x, t, i: bpc.stack([x, t]), "stack", "one shape"),
+    (lambda x, t, i: bpc.split(t, 2, axis=0), "split", "size 5 does not split into 2 equal parts"),
+    (lambda x, t, i: bpc.take(t, x), "take", "ids must be integers"),
+    (lambda x, t, i: bpc.take(x, i), "take", "batch dimension: take from a table with a fixed size"),
+])
+def test_indexing_errors_name_op_and_line(build, op, fragment):
+    x, t = bpc.input("x", (None, 4)), bpc.param("t", (5, 3))
+    i = bpc.input("i", (None, 2), dtype="int64")
+    msg, _ = construction_error(lambda: build(x, t, i))
+    line = f"test_errors.py:{build.__code__.co_firstlineno}"   # the index or call itself
+    assert msg.startswith(f"{op}:") and fragment in msg and line in msg, msg
+
+
+def test_take_checks_ids_given_as_input_and_zeroes_computed_ones_out_of_range(target):
+    """An id argument outside the table raises before anything runs; a
+    computed id out of range reads a zero row (take is one_hot(ids) @
+    table), on every target."""
+    t = bpc.param("t", np.arange(6.0).reshape(3, 2))
+    ids = bpc.input("ids", (None,), dtype="int64")
+    f = bpc.function([ids], [bpc.take(t, ids), bpc.take(t, ids + 2)], target=target)
+    with pytest.raises(bpc.CallError, match=r"input 'ids': label 3 is outside \[0, 3\)"):
+        f(np.array([0, 3]))
+    got, shifted = f(np.array([0, 2, 1]))
+    np.testing.assert_array_equal(got, [[0, 1], [4, 5], [2, 3]])
+    np.testing.assert_array_equal(shifted, [[4, 5], [0, 0], [0, 0]])

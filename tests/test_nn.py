@@ -204,3 +204,33 @@ def test_conv_layers_name_themselves_on_a_wrong_input():
         nn.Conv2d(1, 2, 3, name="c1")(x)
     with pytest.raises(bpc.ShapeError, match=r"MaxPool2d 'p' expects a \(batch, channels, height, width\)"):
         nn.MaxPool2d(2, name="p")(bpc.input("v", (None, 8)))
+
+
+class _MeanOverTime(nn.Module):
+    def __call__(self, x, training=False):
+        return bpc.mean(x, axis=1)
+
+
+def test_embedding_model_learns_which_token_a_sequence_holds():
+    """Embedding -> mean over the tokens -> Dense, trained by fit on int64
+    token ids (the input dtype comes from the first layer): learns whether
+    token 3 occurs; predict takes ids too; a frozen table stays as given."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 8, size=(400, 6))
+    X[X == 3] = 4
+    Y = rng.integers(0, 2, size=400)
+    X[Y == 1, rng.integers(0, 6, size=int(Y.sum()))] = 3
+    model = nn.Sequential([nn.Embedding(8, 5, seed=1), _MeanOverTime(), nn.Dense(5, 2, seed=2)])
+    assert model.input_dtype == np.int64 and model.dtype == np.float32
+    history = bpc.fit(model, X, Y, epochs=30, batch_size=40, optimizer=bpc.optim.Adam(0.05), target="cpu",
+                      progress=False)
+    assert history.history["accuracy"][-1] > 0.95
+    assert (model.predict(X[:50], target="cpu").argmax(1) == Y[:50]).mean() > 0.95
+    table = np.arange(10.0).reshape(5, 2)
+    frozen = nn.Embedding(5, 2, weights=table, trainable=False)
+    assert frozen.params == []
+    np.testing.assert_array_equal(nn.Sequential([frozen]).predict(np.array([[4, 0]])), [table[[4, 0]]])
+    with pytest.raises(bpc.ShapeError, match=r"Embedding 'e' expects integer token ids"):
+        nn.Embedding(5, 2, name="e")(bpc.input("x", (None, 3)))
+    with pytest.raises(bpc.ShapeError, match=r"weights have shape \(5, 2\), expected \(4, 2\)"):
+        nn.Embedding(4, 2, weights=table)

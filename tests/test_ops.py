@@ -201,6 +201,33 @@ BATCHED_MATMUL = OpCase(
      Arg("d", (3, 5, 2)), Arg("v", (5,))],
     lambda x, w, y, c, d, v: [x @ w, x @ y, c @ d, x @ v, v @ w, v @ y, np.swapaxes(x, 1, 2) @ x, x @ (w * 2.0)])
 
+# ----- indexing: slices, concat/stack/split, take ---------------------------------------
+
+SLICING = OpCase(
+    "slicing",
+    lambda x, m: [x[:, 1:4], x[..., 0], x[:, ::-2, 1], x[:, None, -1], x[:, :, ::3], x[:, 4:1:-1, 2:],
+                  m[1], m[-1:, ::2], m[::-1], m[:, 5:]],
+    [Arg("x", (None, 5, 6)), Arg("m", (3, 7))],
+    lambda x, m: [x[:, 1:4], x[..., 0], x[:, ::-2, 1], x[:, None, -1], x[:, :, ::3], x[:, 4:1:-1, 2:],
+                  m[1], m[-1:, ::2], m[::-1], m[:, 5:]])
+
+JOINING = OpCase(
+    "concat_stack_split",
+    lambda x, m, v: [bpc.concat([x, x[:, :2] * 2.0, x], axis=1), bpc.concat([m, np.ones((2, 4))], axis=0),
+                     bpc.stack([v, v * v, 2.0 * v], axis=0), bpc.stack([x, x], axis=-1), *bpc.split(m, [1, 2], 0),
+                     *bpc.split(x, 2, axis=1)],
+    [Arg("x", (None, 4)), Arg("m", (3, 4)), Arg("v", (5,))],
+    lambda x, m, v: [np.concatenate([x, x[:, :2] * 2.0, x], axis=1), np.concatenate([m, np.ones((2, 4))], axis=0),
+                     np.stack([v, v * v, 2.0 * v], axis=0), np.stack([x, x], axis=-1), *np.split(m, [1, 2], 0),
+                     *np.split(x, 2, axis=1)])
+
+TAKE = OpCase(
+    "take",
+    lambda t, c, ids, row: [bpc.take(t, ids), bpc.take(c, row, axis=1), bpc.take(t, np.array([[4, 4], [0, 4]]))],
+    [Arg("t", (5, 3)), Arg("c", (2, 5, 3)), Arg("ids", (None, 4), "labels:5", "int64"),
+     Arg("row", (6,), "labels:5", "int64")],
+    lambda t, c, ids, row: [t[ids], c[:, row], t[np.array([[4, 4], [0, 4]])]])
+
 # ----- neural-network ops and losses ----------------------------------------------------------
 
 SOFTMAX = OpCase(
@@ -343,7 +370,7 @@ STOP_GRADIENT = OpCase(
 
 
 DIFFERENTIABLE = (BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE]
-                  + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL]
+                  + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL, SLICING, JOINING, TAKE]
                   + [SOFTMAX, LOG_SOFTMAX, SCE_LABELS, SCE_PROBS, BCE, MSE, KL_DIV, DROPOUT, CAST, MLP])
 NON_DIFF = [COMPARISONS, NON_DIFFERENTIABLE, STOP_GRADIENT]
 ALL_CASES = DIFFERENTIABLE + NON_DIFF
@@ -377,7 +404,7 @@ def test_non_differentiable_forward_and_zero_gradient(case, target):
 # faster than its size (all cases in one function took minutes; six cases
 # 70 s; the same six one by one 22 s).
 FLOAT32_CASES = (BINARY + [MIXED_CONSTANTS, POW_CONSTANT_EXPONENTS] + UNARY + [LEAKY_RELU, CLIP, WHERE]
-                 + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL]
+                 + REDUCTIONS + [METHOD_REDUCTIONS, TRANSPOSE, RESHAPE, BROADCAST_TO, MATMUL, BATCHED_MATMUL, SLICING, JOINING, TAKE]
                  + [SOFTMAX, LOG_SOFTMAX, SCE_LABELS, SCE_PROBS, BCE, MSE, KL_DIV, DROPOUT, MLP] + NON_DIFF)
 
 

@@ -160,6 +160,11 @@ class Tensor:
     def T(self):
         return _ops().transpose(self)
 
+    def __getitem__(self, key): return _ops().getitem(self, key)
+
+    def __iter__(self):
+        raise TypeError("a bpc tensor is not iterable: index it (x[0], x[:, 1:3]) or use bpc.split")
+
     @property
     def mT(self):
         """Each matrix of a stack transposed (the two last axes exchanged)."""

@@ -8,3 +8,4 @@ from .structural import (sum, mean, max, argmax, size_of, transpose, reshape, br
 from .nn import (log_softmax, softmax, one_hot, softmax_cross_entropy, binary_cross_entropy_with_logits,
                  mse, kl_div, dropout, random_uniform, uniform_hash)
 from .conv import conv2d, max_pool2d, avg_pool2d, flatten, pad
+from .indexing import getitem, concat, stack, split, take

@@ -35,7 +35,7 @@ import numpy as np
 
 from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
-from . import blas, conv
+from . import blas, conv, indexing
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_dtype, acc_init, accumulate, acc_final, view_chain)
 
@@ -414,6 +414,13 @@ class Generator:
     _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
     _kernel_max_pool2d = conv.emit_max_pool2d
     _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
+
+    # Slicing, concat and take (bpc/ops/indexing.py): in indexing.py.
+    _kernel_slice = indexing.emit_slice
+    _kernel_unslice = indexing.emit_unslice
+    _kernel_concat = indexing.emit_concat
+    _kernel_take = indexing.emit_take
+    _kernel_take_grad = indexing.emit_take_grad
 
     def _kernel_size_of(self, k, w):
         n = k.node

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...ops import nn as nn_ops
-from . import conv
+from . import conv, indexing
 from ...ops.nn import uniform_hash
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, operand_axes, reduced_axes,
                         acc_dtype, acc_init, accumulate, acc_final, size_expr, linear_index, split_index,
@@ -427,6 +427,12 @@ class Generator:
     _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
     _kernel_max_pool2d = conv.emit_max_pool2d
     _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
+    # Slicing, concat and take (bpc/ops/indexing.py): in indexing.py.
+    _kernel_slice = indexing.emit_slice
+    _kernel_unslice = indexing.emit_unslice
+    _kernel_concat = indexing.emit_concat
+    _kernel_take = indexing.emit_take
+    _kernel_take_grad = indexing.emit_take_grad
 
     def _kernel_size_of(self, k, describe):
         n = k.node
