@@ -281,6 +281,33 @@ class Embedding(Module):
         return {"table": self.table} if self.trainable else {}
 
 
+class LayerNorm(Module):
+    """Normalizes each example over its last axis: (x - mean) / sqrt(var +
+    eps) * gain + bias, as PyTorch's LayerNorm over one trailing dimension
+    (biased variance; gain starts at 1, bias at 0). Parameters are
+    `<name>_gain` and `<name>_bias`."""
+
+    def __init__(self, dim, eps=1e-5, name=None, dtype="float32"):
+        self.dim = check_int(dim, "LayerNorm: dim")
+        self.eps = check_number(eps, "LayerNorm: eps", 0.0, low_open=True)
+        self.name = _check_name(name, "layernorm")
+        self.gain = param(f"{self.name}_gain", np.ones(self.dim, dtype=dtype))
+        self.bias = param(f"{self.name}_bias", np.zeros(self.dim, dtype=dtype))
+
+    def __call__(self, x, training=False):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"LayerNorm '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        if x.ndim < 1 or x.shape[-1] != self.dim:
+            raise ShapeError(f"LayerNorm '{self.name}' normalizes a last axis of {self.dim}, got '{x.name}' of "
+                             f"shape {format_shape(x.shape)}")
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(centered * centered, axis=-1, keepdims=True)
+        return centered / ops.sqrt(var + self.eps) * self.gain + self.bias
+
+    def named_params(self):
+        return {"gain": self.gain, "bias": self.bias}
+
+
 class Flatten(Module):
     """(batch, d1, d2, ...) -> (batch, d1*d2*...), before Dense layers."""
 

@@ -234,3 +234,28 @@ def test_embedding_model_learns_which_token_a_sequence_holds():
         nn.Embedding(5, 2, name="e")(bpc.input("x", (None, 3)))
     with pytest.raises(bpc.ShapeError, match=r"weights have shape \(5, 2\), expected \(4, 2\)"):
         nn.Embedding(4, 2, weights=table)
+
+
+def test_layer_norm_matches_numpy_and_finite_differences(target):
+    """Forward against NumPy over the last axis of a (batch, T, dim) input;
+    gradients for input, gain and bias against central differences."""
+    layer = nn.LayerNorm(6, eps=1e-3, dtype="float64")
+    rng = np.random.default_rng(0)
+    layer.gain.value = rng.normal(size=6)
+    layer.bias.value = rng.normal(size=6)
+    x = bpc.input("x", (None, 3, 6), dtype="float64")
+    X = rng.normal(size=(2, 3, 6))
+    y = layer(x)
+    got = bpc.function([x], y, target=target)(X)
+    mu, var = X.mean(-1, keepdims=True), X.var(-1, keepdims=True)
+    np.testing.assert_allclose(got, (X - mu) / np.sqrt(var + 1e-3) * layer.gain.value + layer.bias.value,
+                               rtol=1e-10)
+    cost = bpc.sum(y * bpc.constant(rng.normal(size=(3, 6))))
+    report = bpc.check_grad(cost, [x] + layer.params, {x: X})   # the graph, by finite differences
+    assert report.ok, report
+    grads = bpc.grad(cost, [x] + layer.params)
+    want = bpc.function([x], grads, target="interpret")(X)
+    for g, w in zip(bpc.function([x], grads, target=target)(X), want):   # the target runs it
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+    with pytest.raises(bpc.ShapeError, match=r"LayerNorm 'ln' normalizes a last axis of 4"):
+        nn.LayerNorm(4, name="ln")(x)
