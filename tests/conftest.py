@@ -241,15 +241,18 @@ def check_op(case, target, **options):
 
 
 def check_float32(cases, target, rtol=1e-4, atol=2e-5):
-    """Build every case twice in ONE function, from float32 and from float64
-    inputs holding the same (float32-representable) values; the float32
-    outputs, cost and gradients must stay float32 and agree with the float64
-    ones within float32 tolerances."""
+    """Build every case twice, from float32 and from float64 inputs holding
+    the same (float32-representable) values: the float32 graph compiled
+    for `target` (all cases in ONE function), the float64 one run by the
+    interpreter (the reference; the float64 tests hold every target to
+    it). The float32 outputs, cost and gradients must stay float32 and agree
+    with the float64 ones within float32 tolerances."""
     assert len({c.batch for c in cases}) == 1, "cases combined in one function must share a batch size"
-    feeds, inputs, results, layout = [], [], [], []
+    built = {dtype: ([], [], [], []) for dtype in ("float32", "float64")}   # feeds, inputs, results, layout
     for c, case in enumerate(cases):
         values = [v.astype(np.float32).astype(v.dtype) if v.dtype.kind == "f" else v for v in case.sample()]
         for dtype in ("float32", "float64"):
+            feeds, inputs, results, layout = built[dtype]
             tag = f"c{c}_{dtype[-2:]}_"
             ins = [bpc.input(tag + a.name, a.shape, dtype=dtype if a.is_float else a.dtype) for a in case.args]
             outs = as_list(case.build(*ins))
@@ -262,10 +265,13 @@ def check_float32(cases, target, rtol=1e-4, atol=2e-5):
             results += outs + [cost] + grads
             inputs += ins + w_in
             feeds += [v.astype(dtype) if v.dtype.kind == "f" else v for v in values] + w_val
-    got = [np.asarray(r) for r in bpc.function(inputs, results, target=target)(*feeds)]
-    for (cid, start32, names), (_, start64, _) in zip(layout[::2], layout[1::2]):
+    got = {}
+    for dtype, where in (("float32", target), ("float64", "interpret")):
+        feeds, inputs, results, _ = built[dtype]
+        got[dtype] = [np.asarray(r) for r in bpc.function(inputs, results, target=where)(*feeds)]
+    for (cid, start32, names), (_, start64, _) in zip(built["float32"][3], built["float64"][3]):
         for k, name in enumerate(names):
-            r32, r64 = got[start32 + k], got[start64 + k]
+            r32, r64 = got["float32"][start32 + k], got["float64"][start64 + k]
             what = f"{cid}: {name}"
             if r64.dtype.kind == "f":
                 assert r32.dtype == np.float32, f"{what}: a float32 graph produced {r32.dtype}"

@@ -48,6 +48,11 @@ FASTMATH = "{" + ", ".join(map(repr, FASTMATH_FLAGS)) + "}"   # as source text, 
 # loop writing b0, so elements were read after they were overwritten.
 PARALLEL = "{'fusion': False}"
 VARIANTS = ("serial", "parallel")
+
+# Kernel forms whose sizes (and slice starts, offsets...) are read from the
+# sizes table at run time: one compiled module serves every product, slice,
+# concat or gather of a structure (a model's four gate slices, a test's ten).
+RUN_TIME_SIZES = ("matmul", "slice", "unslice", "concat", "take", "take_grad")
 # A reduction over leading axes cuts its rows into at most COLUMN_PARTS parts
 # of at least COLUMN_PART_ROWS rows (`_column_loops`).
 COLUMN_PARTS, COLUMN_PART_ROWS = 16, 16
@@ -130,6 +135,16 @@ class KernelWriter:
         if not self.sizes_at_run_time or d == 1:
             return str(d)
         self.sizes.append(d)
+        return f"s{len(self.sizes) - 1}"
+
+    def value(self, v):
+        """Source for an integer the kernel is written with (a slice's start,
+        an offset): itself, or (with sizes_at_run_time) the next entry of the
+        sizes table, so kernels that differ only in such numbers share one
+        compiled module."""
+        if not self.sizes_at_run_time:
+            return str(v)
+        self.sizes.append(int(v))
         return f"s{len(self.sizes) - 1}"
 
     def shape(self, shape):
@@ -226,7 +241,7 @@ class Generator:
             if k.form == "view":     # views are taken inside the kernels that read them
                 continue
             ops = ", ".join(n.op.name for n in k.nodes)
-            w = KernelWriter(self, f"{k.form} [{ops}]", sizes_at_run_time=k.form == "matmul")
+            w = KernelWriter(self, f"{k.form} [{ops}]", sizes_at_run_time=k.form in RUN_TIME_SIZES)
             kernel_emitter(self, k, "cpu")(k, w)
             if w.flat is not None:
                 w.describe += f" over {w.flat[1:-2]} elements, flat"

@@ -1,28 +1,29 @@
 """CPU kernels of the indexing ops (`bpc/ops/indexing.py`): plain loop
 nests over the result (or, for the scatter-add, over the ids), one index
-expression per axis."""
-from ..lowering import dim_expr
+expression per axis. Sizes, starts, steps and offsets come from the sizes
+table (`RUN_TIME_SIZES` in codegen.py), so every slice of one rank and
+dtype runs the same compiled kernel."""
 
 
 def _loops(w, shape, depth=1, var="i"):
     """for i0 in range(d0): for i1 ...: returns the depth inside."""
     for a, d in enumerate(shape):
-        w.emit(f"for {var}{a} in range({dim_expr(d)}):", depth)
+        w.emit(f"for {var}{a} in range({w.dim(d)}):", depth)
         depth += 1
     return depth
 
 
-def _strided(var, start, step):
-    term = var if step == 1 else f"{step} * {var}"
-    return term if start == 0 else f"{start} + {term}"
+def _strided(w, var, start, step):
+    return f"{w.value(start)} + {w.value(step)} * {var}"
 
 
 def _at(arr, idx):
     return f"{arr}[{', '.join(idx)}]" if idx else f"{arr}[()]"
 
 
-def _slice_index(n):
-    return [_strided(f"i{a}", s, st) for a, (s, st) in enumerate(zip(n.attrs["starts"], n.attrs["steps"]))]
+def _slice_index(w, n):
+    return [f"i{a}" if length is None else _strided(w, f"i{a}", s, st)
+            for a, (s, st, length) in enumerate(zip(n.attrs["starts"], n.attrs["steps"], n.attrs["lengths"]))]
 
 
 def emit_slice(gen, k, w):
@@ -30,7 +31,7 @@ def emit_slice(gen, k, w):
     n = k.node
     out, x = w.array(n), w.array(n.inputs[0])
     depth = _loops(w, n.shape)
-    w.emit(f"{_at(out, [f'i{a}' for a in range(n.ndim)])} = {_at(x, _slice_index(n))}", depth)
+    w.emit(f"{_at(out, [f'i{a}' for a in range(n.ndim)])} = {_at(x, _slice_index(w, n))}", depth)
 
 
 def emit_unslice(gen, k, w):
@@ -40,7 +41,7 @@ def emit_unslice(gen, k, w):
     out, ga = w.array(n), w.array(g)
     w.emit(f"{out}[...] = 0", 1)
     depth = _loops(w, g.shape)
-    w.emit(f"{_at(out, _slice_index(n))} = {_at(ga, [f'i{a}' for a in range(g.ndim)])}", depth)
+    w.emit(f"{_at(out, _slice_index(w, n))} = {_at(ga, [f'i{a}' for a in range(g.ndim)])}", depth)
 
 
 def emit_concat(gen, k, w):
@@ -52,7 +53,7 @@ def emit_concat(gen, k, w):
         xa = w.array(x)
         depth = _loops(w, x.shape)
         idx = [f"i{a}" for a in range(x.ndim)]
-        dst = idx[:axis] + [_strided(f"i{axis}", offset, 1)] + idx[axis + 1:]
+        dst = idx[:axis] + [f"{w.value(offset)} + i{axis}"] + idx[axis + 1:]
         w.emit(f"{_at(out, dst)} = {_at(xa, idx)}", depth)
         offset += x.shape[axis]
 
@@ -64,12 +65,12 @@ def _take_loops(w, n, ids, table_shape):
     pre = [f"i{a}" for a in range(axis)]
     depth = _loops(w, table_shape[:axis])
     for a, d in enumerate(ids.shape):
-        w.emit(f"for j{a} in range({dim_expr(d)}):", depth)
+        w.emit(f"for j{a} in range({w.dim(d)}):", depth)
         depth += 1
     jdx = [f"j{a}" for a in range(ids.ndim)]
     w.emit(f"r = {_at(w.array(ids), jdx)}", depth)
     post = table_shape[axis + 1:]
-    w.emit(f"if r >= 0 and r < {n.attrs['label_depth']}:", depth)
+    w.emit(f"if r >= 0 and r < {w.value(n.attrs['label_depth'])}:", depth)
     return depth, pre, jdx, post
 
 
@@ -81,14 +82,14 @@ def emit_take(gen, k, w):
     depth, pre, jdx, post = _take_loops(w, n, ids, table.shape)
     rest = [f"k{a}" for a in range(len(post))]
     for var, d in zip(rest, post):
-        w.emit(f"for {var} in range({dim_expr(d)}):", depth + 1)
+        w.emit(f"for {var} in range({w.dim(d)}):", depth + 1)
         depth += 1
     inner = depth + 1
     w.emit(f"{_at(out, pre + jdx + rest)} = {_at(ta, pre + ['r'] + rest)}", inner)
     depth -= len(post)
     w.emit("else:", depth)
     for var, d in zip(rest, post):
-        w.emit(f"for {var} in range({dim_expr(d)}):", depth + 1)
+        w.emit(f"for {var} in range({w.dim(d)}):", depth + 1)
         depth += 1
     w.emit(f"{_at(out, pre + jdx + rest)} = 0", depth + 1)
 
@@ -103,6 +104,6 @@ def emit_take_grad(gen, k, w):
     depth, pre, jdx, post = _take_loops(w, n, ids, n.shape)
     rest = [f"k{a}" for a in range(len(post))]
     for var, d in zip(rest, post):
-        w.emit(f"for {var} in range({dim_expr(d)}):", depth + 1)
+        w.emit(f"for {var} in range({w.dim(d)}):", depth + 1)
         depth += 1
     w.emit(f"{_at(out, pre + ['r'] + rest)} += {_at(ga, pre + jdx + rest)}", depth + 1)
