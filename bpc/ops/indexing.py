@@ -176,15 +176,21 @@ def _axis(axis, ndim, what):
     return int(axis) % ndim
 
 
+def _tensors(xs, what):
+    """The items of xs as tensors; Python scalars and arrays take the first
+    tensor's float dtype."""
+    xs = list(xs)
+    if not xs:
+        raise ValueError(f"{what}: needs at least one tensor")
+    like = next((x for x in xs if isinstance(x, Tensor)), None)
+    return [lift(x, like) for x in xs]
+
+
 def concat(xs, axis=0):
     """Join tensors along an existing axis (np.concatenate); their other
     axes must agree. A Python scalar or array takes the first tensor's float
     dtype."""
-    xs = list(xs)
-    if not xs:
-        raise ValueError("concat: needs at least one tensor")
-    like = next((x for x in xs if isinstance(x, Tensor)), None)
-    xs = [lift(x, like) for x in xs]
+    xs = _tensors(xs, "concat")
     with checking("concat", *xs):
         axis = _axis(axis, xs[0].ndim, "concat")
     return xs[0] if len(xs) == 1 else _concat(*xs, axis=axis)
@@ -192,11 +198,7 @@ def concat(xs, axis=0):
 
 def stack(xs, axis=0):
     """Join tensors of one shape along a new axis (np.stack)."""
-    xs = list(xs)
-    if not xs:
-        raise ValueError("stack: needs at least one tensor")
-    like = next((x for x in xs if isinstance(x, Tensor)), None)
-    xs = [lift(x, like) for x in xs]
+    xs = _tensors(xs, "stack")
     with checking("stack", *xs):
         for x in xs[1:]:
             if x.shape != xs[0].shape:

@@ -18,18 +18,23 @@ from ..lowering import conv_geometry as _geometry
 from .blas import NO_TRANS, TRANS
 
 
-# The columns of image b, group g: cols[(c*kh + i)*kw + j, oh*OW + ow] is
-# the input element that kernel offset (c, i, j) meets at output (oh, ow),
-# 0 in the padding. W_g (Og, K) @ cols is the image's output for the group.
-# (Splitting each row into the runs inside and outside the image, to drop
-# the test per element, made it 2x slower.)
-_IM2COL = """\
+# Loops over the kernel offsets (c, i, j) (row r of the columns) and the
+# output rows oh (input row hh), shared by the layout and the scatter.
+_PER_OFFSET_AND_ROW = """\
 for c in range({Cg}):
     for i in range({kh}):
         for j in range({kw}):
             r = (c * {kh} + i) * {kw} + j
             for oh in range({OH}):
                 hh = oh * {sh} - {ph} + i * {dh}
+"""
+
+# The columns of image b, group g: cols[(c*kh + i)*kw + j, oh*OW + ow] is
+# the input element that kernel offset (c, i, j) meets at output (oh, ow),
+# 0 in the padding. W_g (Og, K) @ cols is the image's output for the group.
+# (Splitting each row into the runs inside and outside the image, to drop
+# the test per element, made it 2x slower.)
+_IM2COL = _PER_OFFSET_AND_ROW + """\
                 for ow in range({OW}):
                     ww = ow * {sw} - {pw} + j * {dw}
                     if hh >= 0 and hh < {H} and ww >= 0 and ww < {W}:
@@ -58,13 +63,7 @@ for oh in range({OH}):
 
 # The transposed scatter: every column entry added back to the input
 # element of image b it came from (dx[b] must be zero before).
-_COL2IM = """\
-for c in range({Cg}):
-    for i in range({kh}):
-        for j in range({kw}):
-            r = (c * {kh} + i) * {kw} + j
-            for oh in range({OH}):
-                hh = oh * {sh} - {ph} + i * {dh}
+_COL2IM = _PER_OFFSET_AND_ROW + """\
                 if hh >= 0 and hh < {H}:
                     for ow in range({OW}):
                         ww = ow * {sw} - {pw} + j * {dw}
