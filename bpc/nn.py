@@ -16,6 +16,8 @@ target and runs it on NumPy data.
     logits = model(x, training=True)
 """
 
+import math
+
 import numpy as np
 
 from . import ops
@@ -306,6 +308,88 @@ class LayerNorm(Module):
 
     def named_params(self):
         return {"gain": self.gain, "bias": self.bias}
+
+
+class _RecurrentCell(Module):
+    """One time step of a recurrent layer, with PyTorch's parameter layout:
+    `<name>_weight_ih` (gates*hidden, input), `<name>_weight_hh` (gates*hidden,
+    hidden) and biases `<name>_bias_ih`, `<name>_bias_hh` (gates*hidden),
+    the gates stacked in PyTorch's order, all drawn from U(-1/sqrt(hidden),
+    1/sqrt(hidden)) as PyTorch does. `cell(x, state)` maps an input
+    (batch, input) and the state to the next state."""
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, seed=None, name=None, dtype="float32"):
+        self.input_size = check_int(input_size, f"{type(self).__name__}: input_size")
+        self.hidden_size = check_int(hidden_size, f"{type(self).__name__}: hidden_size")
+        self.name = _check_name(name, type(self).__name__.lower())
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        rows = self.gates * self.hidden_size
+
+        def draw(key, shape):
+            return param(f"{self.name}_{key}", rng.uniform(-bound, bound, shape).astype(dtype))
+        self.weight_ih = draw("weight_ih", (rows, self.input_size))
+        self.weight_hh = draw("weight_hh", (rows, self.hidden_size))
+        self.bias_ih = draw("bias_ih", (rows,))
+        self.bias_hh = draw("bias_hh", (rows,))
+
+    def named_params(self):
+        return {"weight_ih": self.weight_ih, "weight_hh": self.weight_hh, "bias_ih": self.bias_ih,
+                "bias_hh": self.bias_hh}
+
+    def _check(self, x, *states):
+        for t, width, what in [(x, self.input_size, "input")] + [(h, self.hidden_size, "state") for h in states]:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{type(self).__name__} '{self.name}': expected bpc tensors, got {type(t).__name__}")
+            if t.ndim != 2 or t.shape[1] != width:
+                raise ShapeError(f"{type(self).__name__} '{self.name}' expects a (batch, {width}) {what}, got "
+                                 f"'{t.name}' of shape {format_shape(t.shape)}")
+
+    def _projections(self, x, h):
+        """x @ W_ihᵀ + b_ih and h @ W_hhᵀ + b_hh, each split into the gates."""
+        xi = x @ self.weight_ih.T + self.bias_ih
+        hh = h @ self.weight_hh.T + self.bias_hh
+        return (ops.split(xi, self.gates, axis=1), ops.split(hh, self.gates, axis=1)) if self.gates > 1 else (xi, hh)
+
+
+class RNNCell(_RecurrentCell):
+    """h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) (PyTorch's `nn.RNNCell`)."""
+
+    def __call__(self, x, h, training=False):
+        self._check(x, h)
+        xi, hh = self._projections(x, h)
+        return ops.tanh(xi + hh)
+
+
+class LSTMCell(_RecurrentCell):
+    """PyTorch's `nn.LSTMCell`, gates in its order (input, forget, cell,
+    output): `cell(x, (h, c)) -> (h', c')` with c' = f*c + i*g and
+    h' = o*tanh(c')."""
+
+    gates = 4
+
+    def __call__(self, x, state, training=False):
+        h, c = state
+        self._check(x, h, c)
+        (xi, xf, xg, xo), (hi, hf, hg, ho) = self._projections(x, h)
+        c_next = ops.sigmoid(xf + hf) * c + ops.sigmoid(xi + hi) * ops.tanh(xg + hg)
+        return ops.sigmoid(xo + ho) * ops.tanh(c_next), c_next
+
+
+class GRUCell(_RecurrentCell):
+    """PyTorch's `nn.GRUCell`, gates in its order (reset, update, new):
+    n = tanh(x W_inᵀ + b_in + r * (h W_hnᵀ + b_hn)), h' = (1 - z) * n + z * h."""
+
+    gates = 3
+
+    def __call__(self, x, h, training=False):
+        self._check(x, h)
+        (xr, xz, xn), (hr, hz, hn) = self._projections(x, h)
+        r, z = ops.sigmoid(xr + hr), ops.sigmoid(xz + hz)
+        n = ops.tanh(xn + r * hn)
+        return (1.0 - z) * n + z * h
 
 
 class Flatten(Module):
