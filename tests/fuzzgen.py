@@ -569,6 +569,58 @@ class _Builder:
         dims = _factor(static, self.rng, 2)
         return tuple(dims + [1] * (2 - len(dims))) if len(dims) < 2 else tuple(dims)
 
+    def op_bmm(self):
+        """A stack of matrices (rank 3 or 4) times a matrix or another stack
+        whose leading dimensions broadcast: the folded product + batch sum
+        of the weight's gradient, the per-matrix loop, vectors."""
+        a = self.tame(self.operand())
+        if a.ndim < 3 or a.shape[-1] is None or a.shape[-2] is None:   # few values have rank 3: make one
+            a = self.new_leaf((None if self.has_batch else self.dim(), self.dim(), self.dim()))
+        k = a.shape[-1]
+        form = self.pick(["weight", "stack", "vector"])
+        self.notes.append("bmm-" + form)
+        if form == "weight":
+            w = self.new_param((k, self.dim()), scale=0.5)
+            return self.add(a @ w, self.b(a) * self.b(w) * k)
+        if form == "vector":
+            v = self.new_leaf((k,))
+            return self.add(a @ v, self.b(a) * self.b(v) * k)
+        lead = tuple(1 if d is None or self.chance(0.4) else d for d in a.shape[:-2])
+        c = self.new_leaf(lead + (k, self.dim()))
+        return self.add(a @ c, self.b(a) * self.b(c) * k)
+
+    def op_index(self):
+        """Basic slicing (ints, steps, negative bounds, None), or concat and
+        stack of a value with a slice or a copy of itself."""
+        a = self.operand()
+        statics = [i for i, d in enumerate(a.shape) if d is not None and d > 1]
+        if not statics:
+            raise _Skip()
+        axis = self.pick(statics)
+        d = a.shape[axis]
+        r = self.rng.random()
+        if r < 0.55:
+            key = []
+            for i, n in enumerate(a.shape):
+                if n is None or (i != axis and self.chance(0.6)):
+                    key.append(slice(None))
+                elif self.chance(0.25):
+                    key.append(int(self.rng.integers(-n, n)))
+                else:
+                    start = int(self.rng.integers(-n, n))
+                    key.append(slice(start, None, self.pick([1, 1, 2, -1])))
+            if self.chance(0.2):
+                key.insert(int(self.rng.integers(0, len(key) + 1)), None)
+            self.notes.append("getitem")
+            return self.add(a[tuple(key)], self.b(a), self.lo(a))
+        piece = a[(slice(None),) * axis + (slice(0, int(self.rng.integers(1, d))),)]
+        if r < 0.85:
+            self.notes.append("concat")
+            return self.add(bpc.concat([piece, a] if self.chance(0.5) else [a, piece], axis=axis), self.b(a),
+                            self.lo(a))
+        self.notes.append("stack")
+        return self.add(bpc.stack([a, a * 0.5], axis=int(self.rng.integers(0, a.ndim + 1))), self.b(a))
+
     def op_softmax(self):
         a = self.operand()
         if a.ndim == 0:
@@ -652,7 +704,8 @@ class _Builder:
         return self.add(bpc.cast(i, self.dtype), 3.0)
 
     OPS = [("unary", 24), ("binary", 26), ("compare", 8), ("reduce", 14), ("view", 14),
-           ("matmul", 9), ("softmax", 2), ("cast", 2), ("int", 2), ("fanout", 5), ("reduce_twice", 4)]
+           ("matmul", 9), ("bmm", 3), ("index", 5), ("softmax", 2), ("cast", 2), ("int", 2), ("fanout", 5),
+           ("reduce_twice", 4)]
 
     def grow(self, n_ops):
         names, weights = zip(*self.OPS)
