@@ -151,18 +151,25 @@ def conv_geometry(n, x_shape, w_shape, out_hw):
 
 
 def kernel_emitter(generator, k, target):
-    """The method of a target's code generator that writes kernel k: its
-    emitters are its `_kernel_<form>` methods, one per kernel form (`loop`,
-    or an op's `kernel`). A form without one is an error naming the op and
+    """The function that writes kernel k for a target: its code generator's
+    `_kernel_<form>` method (`loop`, or an op's `kernel`), else
+    `emit_<form>(generator, k, ...)` of one of the modules the generator
+    lists in `EMITTER_MODULES` (a family of ops' kernels kept together:
+    conv.py, indexing.py). A form without one is an error naming the op and
     the target, raised when the function is built."""
     emit = getattr(generator, f"_kernel_{k.form}", None)
-    if emit is None:
-        from ..errors import CompileError
-        op = k.nodes[0]
-        raise CompileError(f"op '{op.op.name}' ('{op.name}', built at {op.where}) has no kernel on target "
-                           f"'{target}': its kernel form '{k.form}' needs an emitter `_kernel_{k.form}` in "
-                           f"bpc/backends/{target}/codegen.py; target 'interpret' runs it")
-    return emit
+    if emit is not None:
+        return emit
+    for module in getattr(generator, "EMITTER_MODULES", ()):
+        fn = getattr(module, f"emit_{k.form}", None)
+        if fn is not None:
+            return lambda *args: fn(generator, *args)
+    from ..errors import CompileError
+    op = k.nodes[0]
+    raise CompileError(f"op '{op.op.name}' ('{op.name}', built at {op.where}) has no kernel on target "
+                       f"'{target}': its kernel form '{k.form}' needs an emitter `_kernel_{k.form}` in "
+                       f"bpc/backends/{target}/codegen.py (or `emit_{k.form}` in a module it lists in "
+                       f"EMITTER_MODULES); target 'interpret' runs it")
 
 
 def view_chain(t):

@@ -19,7 +19,8 @@ its name:
   * `kernel`: for ops that are no loop member, the form of the kernel that
     runs them ("matmul", "view", "random", ...; default: the op's name);
     each compiled target has an emitter per form (`_kernel_<form>` of its
-    code generator), and a missing one is an error naming op and target;
+    code generator, or `emit_<form>` in a module it lists in
+    `EMITTER_MODULES`), and a missing one is an error naming op and target;
     a "view" aliases its input's buffer (transpose, reshape);
   * `pure`: the same inputs give the same value (False for random numbers,
     which the passes never fold or merge).

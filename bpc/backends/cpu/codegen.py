@@ -215,6 +215,10 @@ class KernelWriter:
 class Generator:
     """The unique kernel modules of one step and the calls that run it."""
 
+    # Kernels of op families kept together, found by form (`emit_<form>`):
+    # convolutions and pooling as im2col + BLAS, slicing/concat/take loops.
+    EMITTER_MODULES = (conv, indexing)
+
     def __init__(self, program, plan):
         from ...graph.traverse import topo_sort
         self.program, self.plan = program, plan
@@ -422,20 +426,6 @@ class Generator:
             return w.array(chain[1]), blas.TRANS
         contiguous = not any(v.op.name == "transpose" for v in chain[:-1])
         return (w.array(t) if contiguous else f"np.ascontiguousarray({w.array(t)})"), blas.NO_TRANS
-
-    # Convolutions and pooling (bpc/ops/conv.py): loop nests of their own, in conv.py.
-    _kernel_conv2d = conv.emit_conv2d
-    _kernel_conv2d_grad_input = conv.emit_conv2d_grad_input
-    _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
-    _kernel_max_pool2d = conv.emit_max_pool2d
-    _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
-
-    # Slicing, concat and take (bpc/ops/indexing.py): in indexing.py.
-    _kernel_slice = indexing.emit_slice
-    _kernel_unslice = indexing.emit_unslice
-    _kernel_concat = indexing.emit_concat
-    _kernel_take = indexing.emit_take
-    _kernel_take_grad = indexing.emit_take_grad
 
     def _kernel_size_of(self, k, w):
         n = k.node

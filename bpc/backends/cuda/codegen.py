@@ -66,6 +66,10 @@ class KernelSpec:
 
 
 class Generator:
+    # Kernels of op families kept together, found by form (`emit_<form>`):
+    # convolutions and pooling as direct loops, slicing/concat/take.
+    EMITTER_MODULES = (conv, indexing)
+
     def __init__(self, program, plan, tile, simulator=False):
         from ...graph.traverse import topo_sort
         self.program, self.plan = program, plan
@@ -420,19 +424,6 @@ class Generator:
             self.emit(line, 2)
         self.emit(self.write(n, None, _uniform_value(result, n.dtype), offset="t"), 2)
         return self._finish("random", {"total": n.shape}, describe)
-
-    # Convolutions and pooling (bpc/ops/conv.py): direct loops, in conv.py.
-    _kernel_conv2d = conv.emit_conv2d
-    _kernel_conv2d_grad_input = conv.emit_conv2d_grad_input
-    _kernel_conv2d_grad_weight = conv.emit_conv2d_grad_weight
-    _kernel_max_pool2d = conv.emit_max_pool2d
-    _kernel_max_pool2d_grad = conv.emit_max_pool2d_grad
-    # Slicing, concat and take (bpc/ops/indexing.py): in indexing.py.
-    _kernel_slice = indexing.emit_slice
-    _kernel_unslice = indexing.emit_unslice
-    _kernel_concat = indexing.emit_concat
-    _kernel_take = indexing.emit_take
-    _kernel_take_grad = indexing.emit_take_grad
 
     def _kernel_size_of(self, k, describe):
         n = k.node
