@@ -14,7 +14,7 @@ and its result had to be copied into the NCHW output).
 
 Pooling is direct loops over each window.
 """
-from ..lowering import conv_geometry as _geometry
+from ..lowering import conv_geometry as _geometry, pool_search
 from .blas import NO_TRANS, TRANS
 
 
@@ -133,43 +133,8 @@ def emit_conv2d_grad_weight(gen, k, w):
 
 
 def _pool_search(w, n, x, xa, depth):
-    """Lines finding, in window (oh, ow) of image (b, c), the position
-    (bh, bw) of x's first maximum inside the image (NaN counts as the
-    maximum, as np.argmax). Without padding every window lies inside the
-    image: the search is branch-free, a pass for the maximum (and whether
-    there is a NaN), then one from the end for its first position (selects
-    only: a short-circuit `>` or `!=` test per element was 7-18x slower on
-    random data, mispredicted branches; one pass tracking the best offset
-    and the first NaN's took twice as long as these two)."""
-    (sh, sw), (ph, pw) = n.attrs["stride"], n.attrs["padding"]
-    kh, kw = n.attrs["kernel_hw"]
-    H, W = x.shape[2:]
-    if (ph, pw) == (0, 0):
-        lines = [f"best = {xa}[b, c, oh * {sh}, ow * {sw}]", "nan = False",
-                 f"for i in range({kh}):",
-                 f"    for j in range({kw}):",
-                 f"        xv = {xa}[b, c, oh * {sh} + i, ow * {sw} + j]",
-                 "        nan |= xv != xv",
-                 "        best = xv if xv > best else best",
-                 "k = 0",
-                 f"for q in range({kh * kw - 1}, -1, -1):",
-                 f"    xv = {xa}[b, c, oh * {sh} + q // {kw}, ow * {sw} + q % {kw}]",
-                 "    hit = (xv != xv) if nan else (xv == best)",
-                 "    k = q if hit else k",
-                 f"bh = oh * {sh} + k // {kw}",
-                 f"bw = ow * {sw} + k % {kw}"]
-    else:
-        lines = [f"best = {xa}[b, c, 0, 0]", "bh = -1", "bw = -1",
-                 f"for i in range({kh}):",
-                 f"    hh = oh * {sh} - {ph} + i",
-                 f"    if hh >= 0 and hh < {H}:",
-                 f"        for j in range({kw}):",
-                 f"            ww = ow * {sw} - {pw} + j",
-                 f"            if ww >= 0 and ww < {W}:",
-                 f"                xv = {xa}[b, c, hh, ww]",
-                 "                if bh < 0 or xv > best or (xv != xv and best == best):",
-                 "                    best = xv", "                    bh = hh", "                    bw = ww"]
-    for line in lines:
+    """(bh, bw) of the first maximum of window (oh, ow) of image (b, c)."""
+    for line in pool_search(n, x, lambda h, v: f"{xa}[b, c, {h}, {v}]"):
         w.emit(line, depth)
 
 

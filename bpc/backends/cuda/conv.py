@@ -8,7 +8,7 @@ batch and the output positions; a pooling gradient element over the
 windows that chose it. Direct loops: correct on every geometry, and
 simple enough for the simulator; a tiled formulation is future work.
 """
-from ..lowering import conv_geometry as _geometry, size_expr
+from ..lowering import conv_geometry as _geometry, pool_search, size_expr
 
 
 def _threads(gen, n):
@@ -89,22 +89,8 @@ def emit_conv2d_grad_weight(gen, k, describe):
 
 
 def _pool_search(gen, n, x, depth):
-    """(bh, bw): in window (oh, ow) of image (i0, i1), the position of x's
-    first maximum inside the image (NaN counts as the maximum)."""
-    (sh, sw), (ph, pw) = n.attrs["stride"], n.attrs["padding"]
-    kh, kw = n.attrs["kernel_hw"]
-    H, W = x.shape[2:]
-    xv = gen.read(x, ["i0", "i1", "hh", "ww"])
-    _emit(gen, ["bh = -1", "bw = -1", f"best = {x.dtype.name}(0)",
-                f"for i in range({kh}):",
-                f"    hh = oh * {sh} - {ph} + i",
-                f"    if hh >= 0 and hh < {H}:",
-                f"        for j in range({kw}):",
-                f"            ww = ow * {sw} - {pw} + j",
-                f"            if ww >= 0 and ww < {W}:",
-                f"                v = {xv}",
-                "                if bh < 0 or v > best or (v != v and best == best):",
-                "                    best = v", "                    bh = hh", "                    bw = ww"], depth)
+    """(bh, bw) of the first maximum of window (oh, ow) of image (i0, i1)."""
+    _emit(gen, pool_search(n, x, lambda h, w: gen.read(x, ["i0", "i1", h, w])), depth)
 
 
 def emit_max_pool2d(gen, k, describe):
