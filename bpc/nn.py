@@ -73,6 +73,15 @@ class Module:
         """Trainable parameters keyed by a stable name."""
         return {}
 
+    def _layer(self):
+        """How errors name the layer: "Dense 'fc1'"."""
+        return f"{type(self).__name__} '{self.name}'"
+
+    def _expect_tensors(self, *xs):
+        for x in xs:
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{self._layer()}: expected a bpc tensor, got {type(x).__name__}")
+
     def named_state(self):
         """Non-trainable `bpc.state` buffers (dropout counters) keyed by a stable name."""
         return {}
@@ -145,8 +154,7 @@ class Dense(Module):
         return _activation(activation, f"Dense '{self.name}'")
 
     def __call__(self, x, training=False):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Dense '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        self._expect_tensors(x)
         if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Dense '{self.name}' expects a (batch, {self.in_features}) input (or (batch, ..., "
                              f"{self.in_features}): each position), got '{x.name}' of shape {format_shape(x.shape)}")
@@ -169,10 +177,10 @@ def _activation(activation, layer):
     raise ValueError(f"{layer}: unknown activation {activation!r}; expected None, one of {names}, or a callable")
 
 
-def _check_image(x, layer, channels=None):
+def _check_image(module, x, channels=None):
     """x must be an NCHW bpc tensor (with `channels` channels)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{layer}: expected a bpc tensor, got {type(x).__name__}")
+    module._expect_tensors(x)
+    layer = module._layer()
     if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
         want = f"(batch, {channels}, height, width)" if channels is not None else "(batch, channels, height, width)"
         raise ShapeError(f"{layer} expects a {want} input, got '{x.name}' of shape {format_shape(x.shape)}")
@@ -207,7 +215,7 @@ class Conv2d(Module):
         self.b = param(f"{self.name}_b", (self.out_channels,), init="zeros", dtype=dtype) if bias else None
 
     def __call__(self, x, training=False):
-        _check_image(x, f"Conv2d '{self.name}'", self.in_channels)
+        _check_image(self, x, self.in_channels)
         out = ops.conv2d(x, self.W, stride=self.stride, padding=self.padding, dilation=self.dilation,
                          groups=self.groups)
         if self.b is not None:
@@ -226,7 +234,7 @@ class _Pool2d(Module):
         self.name = _check_name(name, type(self).__name__.lower())
 
     def __call__(self, x, training=False):
-        _check_image(x, f"{type(self).__name__} '{self.name}'")
+        _check_image(self, x)
         return type(self).pool(x, self.size, self.stride, self.padding)
 
 
@@ -272,8 +280,7 @@ class Embedding(Module):
         return np.dtype("int64")
 
     def __call__(self, ids, training=False):
-        if not isinstance(ids, Tensor):
-            raise TypeError(f"Embedding '{self.name}': expected a bpc tensor of ids, got {type(ids).__name__}")
+        self._expect_tensors(ids)
         if ids.dtype.kind not in "iu":
             raise ShapeError(f"Embedding '{self.name}' expects integer token ids, got '{ids.name}' of dtype "
                              f"{ids.dtype.name}")
@@ -297,8 +304,7 @@ class LayerNorm(Module):
         self.bias = param(f"{self.name}_bias", np.zeros(self.dim, dtype=dtype))
 
     def __call__(self, x, training=False):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"LayerNorm '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        self._expect_tensors(x)
         if x.ndim < 1 or x.shape[-1] != self.dim:
             raise ShapeError(f"LayerNorm '{self.name}' normalizes a last axis of {self.dim}, got '{x.name}' of "
                              f"shape {format_shape(x.shape)}")
@@ -340,11 +346,10 @@ class _RecurrentCell(Module):
                 "bias_hh": self.bias_hh}
 
     def _check(self, x, *states):
+        self._expect_tensors(x, *states)
         for t, width, what in [(x, self.input_size, "input")] + [(h, self.hidden_size, "state") for h in states]:
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{type(self).__name__} '{self.name}': expected bpc tensors, got {type(t).__name__}")
             if t.ndim != 2 or t.shape[1] != width:
-                raise ShapeError(f"{type(self).__name__} '{self.name}' expects a (batch, {width}) {what}, got "
+                raise ShapeError(f"{self._layer()} expects a (batch, {width}) {what}, got "
                                  f"'{t.name}' of shape {format_shape(t.shape)}")
 
     def _projections(self, x, h):
@@ -399,8 +404,7 @@ class Flatten(Module):
         self.name = _check_name(name, "flatten")
 
     def __call__(self, x, training=False):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Flatten '{self.name}': expected a bpc tensor, got {type(x).__name__}")
+        self._expect_tensors(x)
         return ops.flatten(x)
 
 
