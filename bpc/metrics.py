@@ -79,6 +79,20 @@ def f1(y_true, y_pred, num_classes=None):
 METRICS = {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
 
 
+def report(y_true, y_pred, num_classes=None, rows="true class"):
+    """(scores, confusion matrix, text): every metric in METRICS, and the
+    lines the examples print (the scores, then the confusion matrix with
+    `rows` naming what its rows are)."""
+    scores = {name: fn(y_true, y_pred) for name, fn in METRICS.items()}
+    cm = confusion_matrix(y_true, y_pred, num_classes=num_classes)
+    lines = [f"test accuracy {scores['accuracy']:.4f}   macro precision {scores['precision']:.4f}   "
+             f"recall {scores['recall']:.4f}   F1 {scores['f1']:.4f}",
+             f"confusion matrix (rows: {rows}, columns: predicted):",
+             "     " + " ".join(f"{j:3d}" for j in range(len(cm)))]
+    lines += [f"  {i}: " + " ".join(f"{v:3d}" for v in row) for i, row in enumerate(cm)]
+    return scores, cm, "\n".join(lines)
+
+
 def get(name):
     """A metric function by name (or a callable `(y_true, y_pred) -> float`)."""
     if callable(name):

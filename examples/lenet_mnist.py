@@ -85,14 +85,8 @@ def main(argv=None):
           f"(compiling included)")
 
     pred = model.predict(X_test, target=args.target).argmax(axis=1)
-    results = {name: fn(Y_test, pred) for name, fn in bpc.metrics.METRICS.items()}
-    print(f"test accuracy {results['accuracy']:.4f}   macro precision {results['precision']:.4f}   "
-          f"recall {results['recall']:.4f}   F1 {results['f1']:.4f}")
-    print("confusion matrix (rows: true digit, columns: predicted):")
-    cm = bpc.metrics.confusion_matrix(Y_test, pred, num_classes=10)
-    print("     " + " ".join(f"{j:3d}" for j in range(10)))
-    for i, row in enumerate(cm):
-        print(f"  {i}: " + " ".join(f"{v:3d}" for v in row))
+    results, cm, text = bpc.metrics.report(Y_test, pred, num_classes=10, rows="true digit")
+    print(text)
 
     os.makedirs(args.out, exist_ok=True)
     plot = bpc.plot_history(history, os.path.join(args.out, "lenet_history.png"))

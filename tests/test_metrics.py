@@ -68,3 +68,17 @@ def test_agrees_with_scikit_learn_on_random_labels():
 def test_bad_input_raises(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_report_gives_every_metric_the_confusion_matrix_and_its_text():
+    y, p = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 2, 1])
+    scores, cm, text = metrics.report(y, p, num_classes=3, rows="true digit")
+    assert scores == {name: fn(y, p) for name, fn in metrics.METRICS.items()}
+    np.testing.assert_array_equal(cm, metrics.confusion_matrix(y, p, num_classes=3))
+    assert text.splitlines() == [
+        "test accuracy 0.8000   macro precision 0.8889   recall 0.8333   F1 0.8222",
+        "confusion matrix (rows: true digit, columns: predicted):",
+        "       0   1   2",
+        "  0:   1   0   0",
+        "  1:   0   1   1",
+        "  2:   0   0   2"]
