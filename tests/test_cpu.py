@@ -461,3 +461,18 @@ def test_batched_products_and_their_weight_gradients_match_the_interpreter(monke
     for _ in range(3):
         f(X)
     f(X[:1])                                           # batch 1
+
+
+def test_slices_of_one_rank_share_one_compiled_kernel():
+    """Slice kernels read their starts, steps and sizes from the sizes
+    table: four different slices of a (N, 8) value (an LSTM's gates, say)
+    and a concat compile one slice module, and match NumPy."""
+    x = bpc.input("x", (None, 8), dtype="float64")
+    parts = [x[:, 0:2], x[:, 2:5], x[:, 7:3:-2], x[:, 1::3]]
+    f = bpc.function([x], parts + [bpc.concat(parts, axis=1)], target="cpu")
+    slices = [m for m in f.backend.kernel_sources if "# slice [slice]" in m]
+    assert len(slices) == 1, slices
+    X = np.random.default_rng(0).normal(size=(3, 8))
+    want = [X[:, 0:2], X[:, 2:5], X[:, 7:3:-2], X[:, 1::3]]
+    for got, ref in zip(f(X), want + [np.concatenate(want, axis=1)]):
+        np.testing.assert_array_equal(got, ref)
