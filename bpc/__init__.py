@@ -14,7 +14,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, tan
                   not_equal, less, less_equal, greater, greater_equal, cast, sum, mean, max, argmax,
                   transpose, matrix_transpose, reshape, broadcast_to, matmul, log_softmax, softmax, one_hot,
                   softmax_cross_entropy, binary_cross_entropy_with_logits, mse, kl_div, dropout, conv2d,
-                  max_pool2d, avg_pool2d, flatten, pad, concat, stack, split, take)
+                  max_pool2d, avg_pool2d, flatten, pad, concat, stack, split, take, scan)
 from .autodiff import grad
 from .function import function, Function, TARGETS
 from .dot import to_dot, to_text

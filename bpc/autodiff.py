@@ -16,6 +16,7 @@ from .errors import ShapeError
 from .graph.tensor import Tensor, format_shape
 from .graph.traverse import topo_sort
 from . import ops
+from .ops.scan import is_multi_output, parts_of, scan_out
 
 
 def _zeros_like(t):
@@ -42,27 +43,47 @@ def grad(cost, wrt):
             raise ShapeError(f"grad: cannot differentiate with respect to '{w.name}', which is "
                              f"{w.dtype.name}; only floating-point tensors have gradients")
 
-    order = topo_sort([cost])
-    # Only nodes that lie on a path from a wrt tensor to the cost need a gradient.
+    return backprop([cost], [ops.lift(np.ones((), dtype=cost.dtype))], wrt_list, single)
+
+
+def backprop(outputs, seeds, wrt, single=False):
+    """The chain rule from `outputs` back to `wrt`: the gradient, with
+    respect to each `wrt` tensor, of sum(output * seed) over the outputs
+    (a vector-Jacobian product; seed None: that output contributes
+    nothing). `grad` is backprop([cost], [1]); a scan's gradient runs it
+    on the body of one step."""
+    wrt_list = list(wrt)
+    order = topo_sort(list(outputs) + list(wrt_list))
+    # Only nodes that lie on a path from a wrt tensor to an output need a gradient.
     targets = {w.id for w in wrt_list}
     depends = set()
     for n in order:
         if n.id in targets or any(i.id in depends for i in n.inputs):
             depends.add(n.id)
 
-    contributions = {cost.id: [ops.lift(np.ones((), dtype=cost.dtype))]}
+    contributions = {}
+    for o, seed in zip(outputs, seeds):
+        if seed is not None:
+            contributions.setdefault(o.id, []).append(seed)
     totals = {}
     for node in reversed(order):
         parts = contributions.pop(node.id, None)
-        if not parts:
-            continue
-        g = parts[0]
-        for p in parts[1:]:
-            g = g + p  # fan-out: contributions add up
-        totals[node.id] = g
-        if node.op is None or node.op.grad is None:
-            continue
-        input_grads = node.op.grad(node, g)
+        if is_multi_output(node):
+            # A scan: its results (scan_out nodes, seen before it) carry the gradients.
+            g_parts = [None if p is None else totals.get(p.id) for p in parts_of(node, order)]
+            if all(g is None for g in g_parts):
+                continue
+            input_grads = node.op.grad(node, g_parts)
+        else:
+            if not parts:
+                continue
+            g = parts[0]
+            for p in parts[1:]:
+                g = g + p  # fan-out: contributions add up
+            totals[node.id] = g
+            if node.op is None or node.op.grad is None or node.op is scan_out:
+                continue
+            input_grads = node.op.grad(node, g)
         for inp, gi in zip(node.inputs, input_grads):
             if gi is None or inp.id not in depends or inp.dtype.kind != "f":
                 continue

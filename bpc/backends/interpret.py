@@ -25,6 +25,9 @@ def evaluate(roots, feeds, batch, leaf_values=None, visit=None):
         else:
             shape = resolve(node.shape, batch)
             value = node.op.numpy(node.attrs, shape, *(env[i.id] for i in node.inputs))
+            if isinstance(value, tuple):   # a scan's results, taken by scan_out nodes
+                env[node.id] = value
+                continue
             value = np.asarray(value, dtype=node.dtype)
             if value.shape != shape:  # an op's NumPy rule disagrees with its shape rule
                 raise AssertionError(f"{node.op.name} '{node.name}' produced shape {value.shape}, "

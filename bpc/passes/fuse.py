@@ -22,6 +22,7 @@ intermediates whose lifetimes do not overlap share memory.
 from dataclasses import dataclass, field
 
 from ..graph.traverse import topo_sort, consumers
+from ..ops.scan import is_multi_output, materialize, parts_of, scan_out
 
 # Numba's compile time grows faster than a function's size: a loop body of
 # 90 nodes with 30 reductions took 1.6 s, 200 such reductions ~20 s. Longer
@@ -41,6 +42,9 @@ class Kernel:
     stores: list = field(default_factory=list)   # members whose values leave the kernel
     reads: list = field(default_factory=list)    # nodes read from outside
     name: str = ""
+    body: object = None             # scan kernels: the step's `Program` and its `Plan`
+    update: tuple = None            # matmul kernels: (param's new value, alpha) when the product
+    #                                 is added into the param in place (p = alpha * A @ B + p)
 
     @property
     def node(self):
@@ -220,9 +224,13 @@ def plan(program, gemm_updates=False):
     kernels, kernel_of_node = [], {}
     seen_groups = {}
     for n in order:
-        if n.op is None:
+        if n.op is None or n.op is scan_out:   # a scan's results belong to its kernel
             continue
-        if n.id in group_of:
+        if is_multi_output(n):
+            # One kernel writes every result of a scan, those no one reads too.
+            parts = [p if p is not None else scan_out(n, index=i) for i, p in enumerate(parts_of(n, order))]
+            k = Kernel("scan", [n] + parts, stores=parts, body=plan_body(n, gemm_updates))
+        elif n.id in group_of:
             g = groups.find(group_of[n.id])
             if g in seen_groups:
                 continue
@@ -244,8 +252,9 @@ def plan(program, gemm_updates=False):
 
     for k in kernels:
         ids = {m.id for m in k.nodes}
-        k.stores = [m for m in k.nodes if m.id in root_ids or any(u.id not in ids for u in users[m.id])
-                    or m.op.iteration == "reduce"]
+        if k.form != "scan":
+            k.stores = [m for m in k.nodes if m.id in root_ids or any(u.id not in ids for u in users[m.id])
+                        or m.op.iteration == "reduce"]
         reads = {}
         for m in k.nodes:
             for i in m.inputs:
@@ -257,7 +266,7 @@ def plan(program, gemm_updates=False):
                                                            {o.id for o in program.outputs},
                                                            inline if gemm_updates else None)
     for idx, k in enumerate(order_k):
-        k.name = f"k{idx}_{k.nodes[-1].op.name}"  # no node ids: the source must be stable
+        k.name = f"k{idx}_{(k.node if k.form == 'scan' else k.nodes[-1]).op.name}"  # no node ids: the source must be stable
     buffers, specs = _assign_buffers(order_k, in_place, roots, inline)
     snapshots = {}
     for v in snapshot_values:
@@ -265,6 +274,32 @@ def plan(program, gemm_updates=False):
             snapshots[v.id] = (v, len(specs))
             specs.append((v.shape, v.dtype))
     return Plan(order_k, roots, in_place, copies, buffers, specs, inline, snapshots)
+
+
+def plan_body(node, gemm_updates=False):
+    """The step of a scan node as a `Program` of its own, optimized and
+    planned like any function: returns (program, plan). Every output is
+    written by a kernel of the step into a buffer of its own (the scan
+    points it at the step's slice of a stack): an output that is an input,
+    a leaf, a view or another output's node is first copied."""
+    from ..function import Program
+    from . import optimize
+    body = node.attrs["body"]
+    outs, updates, report = optimize(body.outputs, body.accumulate)
+    seen, written = set(), []
+    for o in outs:
+        if o.op is None or o.op.is_view or o.id in seen:
+            o = materialize(o)
+        seen.add(o.id)
+        written.append(o)
+    program = Program(body.inputs, written, updates, name="scan step", report=report)
+    return program, plan(program, gemm_updates)
+
+
+def scan_step_nodes(k):
+    """Every node of scan kernel k's step program (for naming and leaves)."""
+    program, _ = k.body
+    return topo_sort(program.roots + [p for p, _ in program.updates] + list(program.inputs))
 
 
 def _summing_over_batch(n, users, group_of, groups, root_ids):
@@ -361,24 +396,24 @@ def _schedule(kernels, kernel_of_node, program, users, output_ids, gemm_inline=N
 def _fold_updates_into_products(kernels, kernel_of_node, in_place, users, edges, index, inline, output_ids):
     """SGD's update of a weight, `p - c * (A @ B)` written in place, folds
     into the product: BLAS computes p = (-c) * A @ B + p, so the gradient
-    needs no buffer and the update no loop of its own. Legal when the
+    needs no buffer and the update no loop of its own; so does `p + A @ B`
+    (a scan's gradient of a weight, summed over the steps). Legal when the
     gradient and the scaled gradient are read only by the update, the
     product does not read p, and every other kernel reading p can run
     before the product. Returns (edges, indices of the absorbed kernels)."""
     absorbed = set()
     for vid, param in list(in_place.items()):
         k = kernel_of_node[vid]
-        if len(k.nodes) != 2:
+        folded = _product_update(k, vid, param, inline)
+        if folded is None:
             continue
-        mul, sub = k.nodes
-        if (sub.id != vid or sub.op.name != "sub" or mul.op.name != "mul" or sub.inputs[0] is not param
-                or sub.inputs[1] is not mul or sum(i.id in inline for i in mul.inputs) != 1):
-            continue
-        g = next(i for i in mul.inputs if i.id not in inline)
+        g, alpha = folded
+        reader = k.nodes[0]    # the node reading the product: the scaling, or the sum itself
         km = kernel_of_node.get(g.id)
         if (km is None or km.form != "matmul" or len(km.nodes) != 1 or g.shape != param.shape
                 or g.dtype != param.dtype or g.id in output_ids
-                or [u.id for u in users[g.id]] != [mul.id] or [u.id for u in users[mul.id]] != [sub.id]
+                or [u.id for u in users[g.id]] != [reader.id]
+                or any([u.id for u in users[m.id]] != [k.nodes[j + 1].id] for j, m in enumerate(k.nodes[:-1]))
                 or any(_base(i).id == param.id for i in g.inputs)):
             continue
         i, j = index[id(km)], index[id(k)]
@@ -392,10 +427,31 @@ def _fold_updates_into_products(kernels, kernel_of_node, in_place, users, edges,
             continue
         edges = trial
         absorbed.add(j)
-        km.nodes = [g, mul, sub]
+        km.nodes = [g] + k.nodes
         km.stores = []
-        kernel_of_node[mul.id] = kernel_of_node[sub.id] = km
+        km.update = (k.nodes[-1], alpha)
+        for m in k.nodes:
+            kernel_of_node[m.id] = km
     return edges, absorbed
+
+
+def _product_update(k, vid, param, inline):
+    """(g, alpha) when loop kernel k is exactly the update p + alpha * g of
+    param p (written in place as value `vid`): SGD's `p - c * g`, or an
+    accumulation `p + g` (a scan's weight-gradient sums); else None."""
+    if len(k.nodes) == 2:
+        mul, sub = k.nodes
+        if (sub.id != vid or sub.op.name != "sub" or mul.op.name != "mul" or sub.inputs[0] is not param
+                or sub.inputs[1] is not mul or sum(i.id in inline for i in mul.inputs) != 1):
+            return None
+        c = next(inline[i.id] for i in mul.inputs if i.id in inline)
+        return next(i for i in mul.inputs if i.id not in inline), -c
+    if len(k.nodes) == 1:
+        (add,) = k.nodes
+        if add.id != vid or add.op.name != "add" or param not in add.inputs or add.inputs[0] is add.inputs[1]:
+            return None
+        return next(i for i in add.inputs if i is not param), 1.0
+    return None
 
 
 def _topo(edges):

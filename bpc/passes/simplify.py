@@ -170,8 +170,8 @@ def eliminate_common_subexpressions(roots):
             key = ("const", node.dtype.str, node.shape, node._value.tobytes())
         elif node.op is not None and node.op.pure:
             key = (node.op, tuple(i.id for i in inputs), _attr_key(node.attrs))
-        else:
-            return node
+        else:   # never merged, but reads the merged inputs
+            return copy_with(node, inputs) if node.op is not None else node
         if key in seen:
             return seen[key]
         node = copy_with(node, inputs) if node.op is not None else node

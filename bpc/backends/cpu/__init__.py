@@ -116,12 +116,16 @@ class CpuBackend(CompiledBackend):
         # The call table: each kernel's entries, one after another.
         self._starts = np.zeros(len(gen.calls), dtype=np.int64)
         self._size_starts = np.zeros(len(gen.calls), dtype=np.int64)
-        entries, sizes = [], []
-        for i, (_, slots, kernel_sizes, _, _) in enumerate(gen.calls):
+        entries, sizes, offsets = [], [], []
+        for i, (_, slots, kernel_sizes, _, _, offs) in enumerate(gen.calls):
             self._starts[i], self._size_starts[i] = len(entries), len(sizes)
             entries.extend(slots)
             sizes.extend(kernel_sizes)
+            offsets.extend(offs or [(0, 0)] * len(slots))
         self._entries = np.array(entries, dtype=np.int64)
+        # Byte offsets a + b * N added to entries' addresses: a scan step's
+        # slice of a time-major stack (`scan.py`).
+        self._offsets = np.array(offsets, dtype=np.int64).reshape(-1, 2)
         self._sizes = np.array(sizes, dtype=np.int64)
         n_in = len(program.inputs)
         in_slots = [[j for j, s in enumerate(entries) if s == i] for i in range(n_in)]
@@ -160,7 +164,8 @@ class CpuBackend(CompiledBackend):
         label = "serial" if "parallel" not in choice else "parallel" if self._parallel else "mixed"
         # Addresses of every storage; inputs' are written by the runner on each call.
         storage = [0] * len(self.program.inputs) + [a.ctypes.data for a in self._leaf_values + bufs]
-        table = np.array([storage[s] for s in self._entries], dtype=np.int64)
+        table = np.array([storage[s] for s in self._entries], dtype=np.int64).reshape(-1)
+        table += self._offsets[:, 0] + self._offsets[:, 1] * batch
         return [bufs, label, table, True, choice]
 
     def _parallel_call(self, k, batch):

@@ -36,6 +36,8 @@ import numpy as np
 from ...graph.tensor import format_shape
 from ...ops.nn import uniform_hash
 from . import blas, conv, indexing
+from .scan import scan_calls
+from ...passes.fuse import scan_step_nodes
 from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
                         reduced_index, acc_dtype, acc_init, accumulate, acc_final, view_chain)
 
@@ -225,13 +227,19 @@ class Generator:
         self.gemm = blas.numpy_gemm()
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
         unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
-        self.names = Names(unused + order)
+        bodies = [n for k in plan.kernels if k.body is not None for n in scan_step_nodes(k)]
+        self.names = Names(unused + order + bodies)
+        # Leaves: params, state, constants; a scan's step adds the constants
+        # its optimization made (its other leaves are the scan's inputs).
+        body_inline = {i for k in plan.kernels if k.body is not None for i in k.body[1].inline}
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
+        self.leaves += list({n.id: n for n in bodies if n.kind == "constant" and n.id not in body_inline}.values())
         # Storage, indexed: the inputs, the leaves (params, state, constants), the buffers.
         self._storage = {t.id: i for i, t in enumerate(program.inputs)}
         for n in self.leaves:
             self._storage[n.id] = len(self._storage)
-        self.n_storage = len(self._storage) + len(plan.buffer_specs)
+        self._n_fixed = len(self._storage)
+        self.n_storage = self._n_fixed + len(plan.buffer_specs)
         # Scratch arrays kernels ask for (`KernelWriter.scratch`), after the
         # storage above: (symbolic shape, dtype), one per distinct request,
         # allocated with each workspace (kernels run one at a time).
@@ -239,10 +247,16 @@ class Generator:
         self.scratch_index = {}
         self.kernel_sources = []     # unique kernel modules, in order of first call
         self.calls = []              # (index into kernel_sources, storage index of each table entry,
-        #                               the sizes it reads, describe, the plan's kernel or None)
+        #                               the sizes it reads, describe, the plan's kernel or None,
+        #                               None or each entry's byte offset (a, b): a + b * N, `scan.py`)
         self._kernel_index = {}
+        self.repeats = {}            # call index -> (steps, calls per step) of a scan's first step
+        self._buffer_storage = lambda b: self._n_fixed + b
         for k in plan.kernels:
             if k.form == "view":     # views are taken inside the kernels that read them
+                continue
+            if k.form == "scan":
+                scan_calls(self, k)
                 continue
             ops = ", ".join(n.op.name for n in k.nodes)
             w = KernelWriter(self, f"{k.form} [{ops}]", sizes_at_run_time=k.form in RUN_TIME_SIZES)
@@ -254,18 +268,24 @@ class Generator:
             self._call(w, k.describe(), k)
         self._copies()
 
+    def add_storage(self, shape, dtype):
+        """A new array of the workspace (symbolic shape, dtype) that no other
+        request shares: its storage index."""
+        self.scratch_specs.append((tuple(shape), np.dtype(dtype)))
+        return self.n_storage + len(self.scratch_specs) - 1
+
     def storage_index(self, n):
         """Index of the array holding (base, non-view) node n: an input, a leaf or a buffer."""
         if n.id in self._storage:
             return self._storage[n.id]
-        return len(self._storage) + self.plan.buffers[n.id]
+        return self._n_fixed + self.plan.buffers[n.id]
 
     def _call(self, w, describe, kernel=None):
         src = w.module_source()
         idx = self._kernel_index.setdefault(src, len(self.kernel_sources))
         if idx == len(self.kernel_sources):
             self.kernel_sources.append(src)
-        self.calls.append((idx, w.slots, w.sizes, describe, kernel))
+        self.calls.append((idx, w.slots, w.sizes, describe, kernel, None))
 
     def listing(self, module_names):
         """The step as text: one line per kernel call, for people reading it."""
@@ -278,18 +298,31 @@ class Generator:
         if self.scratch_specs:
             lines.append("# Scratch arrays: " + ", ".join(f"scratch{i} {dt.name}{format_shape(s)}"
                                                           for i, (s, dt) in enumerate(self.scratch_specs)))
-        lines += [f"# {describe}: {module_names[idx]}(N, {', '.join(storage[s] for s in slots)})"
-                  + (f" sizes {sizes}" if sizes else "") for idx, slots, sizes, describe, _ in self.calls]
+        skip = 0
+        for c, (idx, slots, sizes, describe, _, offsets) in enumerate(self.calls):
+            if c in self.repeats:
+                steps, per = self.repeats[c]
+                lines.append(f"# scan: the next {per} calls run {steps} times, once per time step, "
+                             "on that step's slices of the stacks (+offset: bytes into the array)")
+                skip = per * steps
+            if skip and skip <= per * (steps - 1):
+                skip -= 1
+                continue
+            skip = max(0, skip - 1)
+            args = [storage[s] + (f"+{a}" if a else "") + (f"+{b}N" if b else "")
+                    for s, (a, b) in zip(slots, offsets or [(0, 0)] * len(slots))]
+            lines.append(f"# {describe}: {module_names[idx]}(N, {', '.join(args)})" + (f" sizes {sizes}" if sizes else ""))
         return lines
 
-    def _copies(self):
+    def _copies(self, plan=None):
         """Updates not written in place: every new value is computed by now;
         values that are themselves updated leaves are saved first, so the
         writes are simultaneous ({A: B, B: A} swaps)."""
-        snapshots = self.plan.snapshots
+        plan = plan or self.plan
+        snapshots = plan.snapshots
         for value, b in snapshots.values():
             self._copy(("buffer", b, value), value, value.ndim)
-        for param, value in self.plan.copies:
+        for param, value in plan.copies:
             if value.id in self.plan.inline:
                 self._copy(param, None, param.ndim, typed_const(self.plan.inline[value.id], param.dtype))
             else:
@@ -313,7 +346,7 @@ class Generator:
         """A node, or ("buffer", b, value): the snapshot buffer b saving value."""
         if isinstance(x, tuple):
             _, b, value = x
-            return w.storage(len(self._storage) + b, w.shape(value.shape), value.dtype)
+            return w.storage(self._buffer_storage(b), w.shape(value.shape), value.dtype)
         return w.array(x)
 
     # ----- kernels -------------------------------------------------------------
@@ -326,10 +359,9 @@ class Generator:
         n = k.node
         (a, ta), (b, tb) = (self._gemm_operand(i, w) for i in n.inputs)
         a, b = (self._bind(w, name, arr) for name, arr in (("mat_a", a), ("mat_b", b)))
-        if len(k.nodes) == 3:   # [product, c * product, p - c * product]: p += (-c) * A @ B, in place
-            mul, update = k.nodes[1:]
-            c = next(self.plan.inline[i.id] for i in mul.inputs if i.id in self.plan.inline)
-            self.gemm_call(w, n.dtype, a, ta, b, tb, w.array(update), alpha=-c, beta=1.0)
+        if k.update is not None:   # p += alpha * A @ B, in place (SGD's step, a scan's gradient sum)
+            update, alpha = k.update
+            self.gemm_call(w, n.dtype, a, ta, b, tb, w.array(update), alpha=alpha, beta=1.0)
             return
         batch = n.shape[:-2]
         if not batch:

@@ -93,31 +93,56 @@ class CudaBackend(CompiledBackend):
         self._leaves = gen.leaves
         self._leaf_args = {gen.storage(n): n for n in gen.leaves}
         self._inputs = {gen.names[t]: i for i, t in enumerate(program.inputs)}
+        self._extra_buffers = gen.extra_buffers
+        self._loops = {loop.first: loop for loop in gen.loops}
 
     # ----- per batch size: device buffers and bound launches --------------------------
     def make_workspace(self, batch):
         from numba import cuda
-        bufs = [cuda.device_array(_flat_size(shape, batch), dtype=dt) for shape, dt in self.plan.buffer_specs]
+        bufs = [cuda.device_array(_flat_size(shape, batch), dtype=dt)
+                for shape, dt in self.plan.buffer_specs + self._extra_buffers]
         used = {name for spec in self.specs for name in spec.args}
+        used |= {outer for loop in self._loops.values() for outer, _, _ in loop.ports.values()}
         inputs = {pos: cuda.device_array(_flat_size(self.program.inputs[pos].shape, batch),
                                          dtype=self.program.inputs[pos].dtype)
                   for name, pos in self._inputs.items() if name in used}   # only inputs some kernel reads travel
-        launches = []
-        for spec, kernel in zip(self.specs, self.kernels):
+
+        def array(name):
+            if name in self._inputs:
+                return inputs[self._inputs[name]]
+            if name in self._leaf_args:
+                return residency.device_array(self._leaf_args[name], cuda.to_device)
+            return bufs[int(name[1:])]
+
+        def launch(spec, kernel, views):
             grid, block, shared, scalars = configure(spec, batch, self.limits)
             scalars = {name: np.int64(v) for name, v in scalars.items()}
             scalars["N"] = np.int64(batch)
-            args = []
-            for name in spec.args:
-                if name in scalars:
-                    args.append(scalars[name])
-                elif name in self._inputs:
-                    args.append(inputs[self._inputs[name]])
-                elif name in self._leaf_args:
-                    args.append(residency.device_array(self._leaf_args[name], cuda.to_device))
-                else:
-                    args.append(bufs[int(name[1:])])
-            launches.append((kernel, (grid, block, 0, shared), tuple(args)))
+            args = tuple(scalars[name] if name in scalars else views[name] if name in views else array(name)
+                         for name in spec.args)
+            return kernel, (grid, block, 0, shared), args
+
+        launches, i = [], 0
+        while i < len(self.specs):
+            loop = self._loops.get(i)
+            if loop is None:
+                launches.append(launch(self.specs[i], self.kernels[i], {}))
+                i += 1
+                continue
+            # A scan: its step's launches once per time step, each bound to
+            # that step's slices of the stacks (device views, no copies).
+            for s in range(loop.steps):
+                t = loop.steps - 1 - s if loop.reverse else s
+                views = {}
+                for port, (outer, shift, node) in loop.ports.items():
+                    arr = array(outer)
+                    if shift is not None:
+                        step = _flat_size(node.shape[1:], batch)
+                        arr = arr[(t + shift) * step:(t + shift + 1) * step]
+                    views[port] = arr
+                for j in range(loop.first, loop.first + loop.count):
+                    launches.append(launch(self.specs[j], self.kernels[j], views))
+            i += loop.count
         return bufs, inputs, launches
 
     def describe_launches(self, batch):

@@ -1,0 +1,385 @@
+"""`bpc.scan`: a loop over time as one node of the graph.
+
+`scan(step, init, xs)` traces `step(carry, x_t) -> (carry, y_t)` once, over
+placeholders of one time step: the result is a `Body`, a small graph of its
+own. Values the step reads from outside (weights, a projected input) become
+the body's *closures*: the scan node takes them as inputs, so the outer graph
+computes them once and gradients reach them through the scan.
+
+The scan node has several results (the stacked carries, the stacked outputs,
+the gradients a backward scan accumulates), each taken by a `scan_out` node:
+  * carries, stacked time-major: (T + 1, *carry shape); entry 0 is the
+    initial carry of a forward scan (entry T of a reverse one), entry t + 1
+    the carry after step t (entry t, reverse);
+  * outputs y_t, stacked time-major: (T, *y shape);
+  * accumulators (backward scans only): one per body update `A <- A + dA`,
+    the sum over all steps, starting from zero.
+The compiled targets run the body's kernels once per step, reading and
+writing the stacks in place (each step's slice of a time-major stack is one
+contiguous block), so the body compiles once whatever T is.
+
+The gradient of a scan is a reverse scan whose body is the chain rule of
+the forward body (`bpc.grad` of it, built by the same `autodiff`), reading
+the stacked carries the forward scan saved; the weights' gradients are its
+accumulators.
+"""
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph.tensor import Tensor, format_shape, input as placeholder
+from ..graph.traverse import rebuild, topo_sort
+from .core import Op, checking, lift
+from .structural import transpose
+
+# ----- materialize: a value in a buffer of its own ---------------------------------------
+
+# A scan reads its inputs as whole, C-ordered buffers: a transposed view (the
+# time-major stack of batch-major sequences), a broadcast constant (a zero
+# initial carry) is first written out by this identity. Never folded or
+# merged by the passes (not pure), so the buffer exists on every target.
+materialize = Op("materialize", "elementwise", lambda inputs, attrs: (inputs[0].shape, inputs[0].dtype),
+                 lambda attrs, shape, x: np.array(np.broadcast_to(x, shape)), lambda n, g: (g,),
+                 lambda k, a: a, pure=False,
+                 doc="The value of its input, written to a buffer of its own.")
+
+
+def _needs_buffer(t):
+    """Whether t has no storage of its own that a kernel can read whole: a
+    scan reads inputs, params, state, constants other than scalars (which
+    code inlines), and results of other scans or materializations."""
+    if t.op is None:
+        return t.kind == "constant" and t.shape == ()
+    return t.op is not materialize and t.op.name != "scan_out"
+
+
+# ----- the body ------------------------------------------------------------------------
+
+class Body:
+    """One step of a scan: placeholders for the carries, the inputs x_t and
+    the closures, and the nodes of the new carries, the outputs y_t and the
+    accumulator updates (state leaf, new value)."""
+
+    def __init__(self, carry_in, xs_in, closures_in, carry_out, ys, accumulate=()):
+        self.carry_in, self.xs_in, self.closures_in = list(carry_in), list(xs_in), list(closures_in)
+        self.carry_out, self.ys = list(carry_out), list(ys)
+        self.accumulate = list(accumulate)
+
+    @property
+    def inputs(self):
+        return self.carry_in + self.xs_in + self.closures_in
+
+    @property
+    def outputs(self):
+        return self.carry_out + self.ys
+
+    @property
+    def roots(self):
+        return self.outputs + [v for _, v in self.accumulate]
+
+    def clone(self):
+        """The same body over fresh placeholders (its nodes are new)."""
+        mapping = {p.id: placeholder(p.name, p.shape, p.dtype) for p in self.inputs}
+        new_roots, remap = rebuild(self.roots, lambda n, ins: mapping[n.id] if n.id in mapping
+                                   else _copy_node(n, ins))
+        k = len(self.carry_out)
+        outs = new_roots[:len(self.outputs)]
+        acc = [(a, v) for (a, _), v in zip(self.accumulate, new_roots[len(self.outputs):])]
+        return Body(*([remap[p.id] if p.id in remap else mapping[p.id] for p in group]
+                      for group in (self.carry_in, self.xs_in, self.closures_in)),
+                    outs[:k], outs[k:], acc)
+
+    def describe(self):
+        return (f"{len(self.carry_in)} carries, {len(self.xs_in)} inputs, {len(self.closures_in)} closures, "
+                f"{len(self.ys)} outputs" + (f", {len(self.accumulate)} accumulators" if self.accumulate else ""))
+
+
+def _copy_node(n, inputs):
+    if n.op is None or all(a is b for a, b in zip(inputs, n.inputs)):
+        return n
+    new = Tensor("op", n.shape, n.dtype, name=n.name, op=n.op, inputs=inputs, attrs=n.attrs, where=n.where)
+    new.origin = n.origin
+    return new
+
+
+def _hoist(outputs, placeholders):
+    """Replace what the step reads from outside (values that do not depend
+    on its placeholders) by new placeholders: returns (new outputs,
+    [(outer value, placeholder)]). Scalar constants stay inside (code
+    inlines them); a view of a leaf stays inside over the leaf's
+    placeholder (views are free, and the leaf needs no copy)."""
+    ph = {p.id for p in placeholders}
+    variant = set(ph)
+    for n in topo_sort(outputs):
+        if any(i.id in variant for i in n.inputs):
+            variant.add(n.id)
+    frontier = [o for o in outputs if o.id not in variant]
+    for n in topo_sort(outputs):
+        if n.id in variant and n.id not in ph:
+            frontier.extend(i for i in n.inputs if i.id not in variant)
+    inside, read = set(), {}
+    for t in frontier:
+        base = t
+        while base.op is not None and base.op.is_view:
+            base = base.inputs[0]
+        if base.op is None and base is not t:   # a view of a leaf
+            v = t
+            while v is not base:
+                inside.add(v.id)
+                v = v.inputs[0]
+            t = base
+        if not (t.kind == "constant" and t.shape == ()):
+            read.setdefault(t.id, t)
+    closures = {tid: (t, placeholder(f"closure{m}", t.shape, t.dtype)) for m, (tid, t) in enumerate(read.items())}
+
+    def rewrite(n, inputs):
+        if n.id in ph:
+            return n
+        if n.id in closures:
+            return closures[n.id][1]
+        if n.id in variant or n.id in inside:
+            return _copy_node(n, inputs)
+        return n
+    new_outs, _ = rebuild(outputs, rewrite)
+    return new_outs, list(closures.values())
+
+
+# ----- the ops ----------------------------------------------------------------------------
+
+def _scan_infer(inputs, attrs):
+    return (), np.dtype("float32")   # the node stands for its results, taken by scan_out
+
+
+def _scan_numpy(attrs, shape, *arrays):
+    """The reference: the body run by the interpreter, step by step."""
+    from ..backends.interpret import evaluate
+    body, T, reverse = attrs["body"], attrs["length"], attrs["reverse"]
+    K, J = len(body.carry_in), len(body.xs_in)
+    inits, xs, zs = arrays[:K], arrays[K:K + J], arrays[K + J:]
+    batch = _batch_size(body.inputs, arrays)
+    stacks = [np.empty(_resolve(s, batch), dtype=d) for s, d in attrs["outputs"][:K]]
+    for h, c in zip(stacks, inits):
+        h[T if reverse else 0] = c
+    ys = [np.empty(_resolve(s, batch), dtype=d) for s, d in attrs["outputs"][K:K + len(body.ys)]]
+    acc = {a.id: np.zeros(_resolve(a.shape, batch), dtype=a.dtype) for a, _ in body.accumulate}
+    for i in range(T):
+        t = T - 1 - i if reverse else i
+        feeds = {p.id: h[t + 1 if reverse else t] for p, h in zip(body.carry_in, stacks)}
+        feeds.update({p.id: x[t + s] for p, x, s in zip(body.xs_in, xs, attrs["shifts"])})
+        feeds.update({p.id: z for p, z in zip(body.closures_in, zs)})
+        values = evaluate(body.roots, feeds, batch, leaf_values=acc)
+        for h, v in zip(stacks, values[:K]):
+            h[t if reverse else t + 1] = v
+        for y, v in zip(ys, values[K:K + len(ys)]):
+            y[t] = v
+        for (a, _), v in zip(body.accumulate, values[len(body.outputs):]):
+            acc[a.id] = np.array(v)
+    return tuple(stacks + ys + [acc[a.id] for a, _ in body.accumulate])
+
+
+def _batch_size(placeholders, arrays):
+    for p, a in zip(placeholders, arrays):
+        a = np.asarray(a)
+        for axis, d in enumerate(p.shape):
+            if d is None:
+                return a.shape[axis + (a.ndim - len(p.shape))]
+    return 1
+
+
+def _resolve(shape, batch):
+    return tuple(batch if d is None else d for d in shape)
+
+
+def _scan_grad(node, g_parts):
+    return _backward_scan(node, g_parts)
+
+
+_scan = Op("scan", "other", _scan_infer, _scan_numpy, _scan_grad, kernel="scan", pure=False,
+           doc="A loop over time; its results are taken by scan_out.")
+
+
+def _out_infer(inputs, attrs):
+    (s,) = inputs
+    shape, dtype = s.attrs["outputs"][attrs["index"]]
+    return shape, dtype
+
+
+scan_out = Op("scan_out", "other", _out_infer, lambda attrs, shape, results: results[attrs["index"]],
+              kernel="scan_out", doc="Result `index` of a scan node.")
+
+
+def is_multi_output(n):
+    return n.op is _scan
+
+
+def parts_of(node, order):
+    """The scan_out nodes of a scan node among `order`, by index (None where absent)."""
+    parts = [None] * len(node.attrs["outputs"])
+    for n in order:
+        if n.op is scan_out and n.inputs[0] is node:
+            parts[n.attrs["index"]] = n
+    return parts
+
+
+def _make_scan(body, inits, xs, closures, length, reverse, shifts):
+    outputs = tuple([((length + 1,) + c.shape, c.dtype) for c in body.carry_in]
+                    + [((length,) + y.shape, y.dtype) for y in body.ys]
+                    + [(a.shape, a.dtype) for a, _ in body.accumulate])
+    s = _scan(*inits, *xs, *closures, body=body, length=length, reverse=bool(reverse), shifts=tuple(shifts),
+              outputs=outputs)
+    return s, [scan_out(s, index=i) for i in range(len(outputs))]
+
+
+# ----- the public function --------------------------------------------------------------
+
+def _flatten(obj, what):
+    """(list of tensors, rebuild function) of a tensor, tuple/list of tensors, or None."""
+    if obj is None:
+        return [], lambda items: None
+    if isinstance(obj, (tuple, list)):
+        kind = type(obj)
+        return list(obj), lambda items: kind(items)
+    return [obj], lambda items: items[0]
+
+
+def scan(step, init, xs=None, axis=1, length=None, reverse=False):
+    """Run `step(carry, x_t) -> (carry, y_t)` over time, as one loop.
+
+    init: the initial carry: a tensor, or a tuple/list of tensors (numbers
+    are lifted). xs: the sequences (a tensor, a tuple/list of tensors, or
+    None with `length`), time along `axis` (default 1: batch-major
+    (N, T, ...) sequences). `step` is called once, on placeholders of one
+    time step, and must return the new carry (same structure, shapes and
+    dtypes as `init`) and y_t (a tensor, a tuple of tensors, or None). With
+    `reverse=True` the steps run from the last to the first.
+
+    Returns (final carry, ys), ys stacked along `axis` in time order.
+    """
+    import inspect
+    if not callable(step):
+        raise TypeError(f"scan: step must be a function step(carry, x_t) -> (carry, y_t), got {step!r}")
+    carries, carry_struct = _flatten(init, "init")
+    seqs, seq_struct = _flatten(xs, "xs")
+    with checking("scan", *[c for c in carries if isinstance(c, Tensor)],
+                  *[x for x in seqs if isinstance(x, Tensor)]):
+        carries = [lift(c) for c in carries]
+        seqs = [lift(x) for x in seqs]
+        if not carries:
+            raise ShapeError("init must hold at least one tensor (the carry)")
+        T = length
+        for j, x in enumerate(seqs):
+            if not -x.ndim <= axis < x.ndim:
+                raise ShapeError(f"xs[{j}] of shape {format_shape(x.shape)} has no axis {axis}")
+            d = x.shape[axis % x.ndim]
+            if d is None:
+                raise ShapeError(f"the time axis ({axis}) of xs[{j}] is the batch dimension (None); "
+                                 f"sequences are (N, T, ...) with axis=1, or (T, N, ...) with axis=0")
+            if T is not None and d != T:
+                raise ShapeError(f"xs[{j}] has {d} steps along axis {axis}, expected {T}"
+                                 + (" (length)" if length is not None and j == 0 else ""))
+            T = d
+        if T is None:
+            raise ShapeError("without xs, scan needs length (the number of steps)")
+        if not isinstance(T, (int, np.integer)) or T < 1:
+            raise ShapeError(f"length must be a positive int, got {T!r}")
+        T = int(T)
+    carry_ph = [placeholder(f"carry{k}", c.shape, c.dtype) for k, c in enumerate(carries)]
+    xs_ph = [placeholder(f"x{j}", x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:], x.dtype)
+             for j, x in enumerate(seqs)]
+    result = step(carry_struct(carry_ph), seq_struct(xs_ph))
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise ShapeError(f"scan: step must return (new carry, y_t), a pair; it returned {type(result).__name__}"
+                         f" [step defined at {_where(step)}]")
+    new_carry, y = result
+    new_carries, _ = _flatten(new_carry, "carry")
+    ys, y_struct = _flatten(y, "y")
+    if len(new_carries) != len(carries):
+        raise ShapeError(f"scan: step returned {len(new_carries)} carries, init has {len(carries)} "
+                         f"[step defined at {_where(step)}]")
+    new_carries = [lift(c, like=p) for c, p in zip(new_carries, carry_ph)]
+    ys = [lift(v) for v in ys]
+    for k, (c, p) in enumerate(zip(new_carries, carry_ph)):
+        if c.shape != p.shape or c.dtype != p.dtype:
+            raise ShapeError(f"scan: the carry must keep its shape and dtype: carry {k} is "
+                             f"{p.dtype.name}{format_shape(p.shape)}, step returned "
+                             f"{c.dtype.name}{format_shape(c.shape)} [step defined at {_where(step)}]")
+    outs, closures = _hoist(new_carries + ys, carry_ph + xs_ph)
+    body = Body(carry_ph, xs_ph, [ph for _, ph in closures], outs[:len(carries)], outs[len(carries):])
+    perm = lambda x: (axis % x.ndim,) + tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    stacks = [materialize(transpose(x, perm(x))) for x in seqs]
+    inits = [materialize(c) if _needs_buffer(c) else c for c in carries]
+    outer = [materialize(t) if _needs_buffer(t) else t for t, _ in closures]
+    _, parts = _make_scan(body, inits, stacks, outer, T, reverse, [0] * len(seqs))
+    K = len(carries)
+    final = [p[0 if reverse else T] for p in parts[:K]]
+    back = lambda y: transpose(y, tuple(range(1, axis % y.ndim + 1)) + (0,) + tuple(range(axis % y.ndim + 1, y.ndim)))
+    return carry_struct(final), y_struct([back(p) for p in parts[K:K + len(ys)]])
+
+
+def _where(fn):
+    import inspect
+    try:
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (TypeError, OSError):
+        return repr(fn)
+
+
+# ----- the gradient: a reverse scan ---------------------------------------------------------
+
+def _backward_scan(node, g_parts):
+    """Gradients of a scan's inputs (inits, xs, closures) given those of its
+    results (None: no gradient flows from that result)."""
+    from ..autodiff import backprop
+    from .structural import broadcast_to
+    body, T, reverse = node.attrs["body"], node.attrs["length"], node.attrs["reverse"]
+    if body.accumulate or any(node.attrs["shifts"]):
+        raise ShapeError("gradients of a backward scan (second-order gradients through bpc.scan) "
+                         "are not supported")
+    K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys)
+    inits, xs, zs = node.inputs[:K], node.inputs[K:K + J], node.inputs[K + J:]
+    g_stacks, g_ys = g_parts[:K], g_parts[K:K + L]
+    fwd = body.clone()
+    # Placeholders of the backward step: the gradient carried back to the
+    # carries, and per step the direct gradients of the stacked carries and ys.
+    g_carry = [placeholder(f"g_carry{k}", c.shape, c.dtype) for k, c in enumerate(fwd.carry_in)]
+    g_h = [placeholder(f"g_h{k}", c.shape, c.dtype) if g is not None else None
+           for k, (c, g) in enumerate(zip(fwd.carry_in, g_stacks))]
+    g_y = [placeholder(f"g_y{l}", y.shape, y.dtype) if g is not None else None
+           for l, (y, g) in enumerate(zip(fwd.ys, g_ys))]
+    seeds = [gc if gh is None else gc + gh for gc, gh in zip(g_carry, g_h)] + g_y
+    wrt_x = [j for j, x in enumerate(fwd.xs_in) if x.dtype.kind == "f"]
+    wrt_z = [m for m, z in enumerate(fwd.closures_in) if z.dtype.kind == "f"]
+    grads = backprop(fwd.outputs, seeds, fwd.carry_in + [fwd.xs_in[j] for j in wrt_x]
+                     + [fwd.closures_in[m] for m in wrt_z])
+    g_cin, g_x, g_z = grads[:K], grads[K:K + len(wrt_x)], grads[K + len(wrt_x):]
+    accumulators = [Tensor("state", fwd.closures_in[m].shape, fwd.closures_in[m].dtype, name=f"grad_sum{m}")
+                    for m in wrt_z]
+    extra_xs = [g for g in g_h if g is not None] + [g for g in g_y if g is not None]
+    bwd = Body(g_carry, fwd.carry_in + fwd.xs_in + extra_xs, fwd.closures_in, g_cin, g_x,
+               [(a, a + g) for a, g in zip(accumulators, g_z)])
+    # Step t of the forward scan read carry entry t (t + 1, reverse) and
+    # wrote entry t + 1 (t): the backward step t reads the same entries.
+    read, wrote = (1, 0) if reverse else (0, 1)
+    stacked_gh = [g for g in g_stacks if g is not None]
+    shifts = [read] * K + [0] * J + [wrote] * len(stacked_gh) + [0] * len([g for g in g_y if g is not None])
+    stacks = [scan_out_of(node, k) for k in range(K)]
+    zero_init = [materialize(broadcast_to(lift(np.zeros((), c.dtype)), c.shape)) for c in fwd.carry_in]
+    seqs = stacks + list(xs) + [materialize(g) if _needs_buffer(g) else g
+                                for g in stacked_gh + [g for g in g_ys if g is not None]]
+    _, parts = _make_scan(bwd, zero_init, seqs, zs, T, not reverse, shifts)
+    out = []
+    for k in range(K):   # the gradient reaching the initial carry, plus that of its stack entry
+        g = parts[k][T if reverse else 0]
+        if g_stacks[k] is not None:
+            g = g + g_stacks[k][T if reverse else 0]
+        out.append(g)
+    g_xs = [None] * J
+    for j, gx in zip(wrt_x, parts[K:K + len(wrt_x)]):
+        g_xs[j] = gx
+    g_zs = [None] * len(zs)
+    for m, acc in zip(wrt_z, parts[K + len(wrt_x):]):
+        g_zs[m] = acc
+    return tuple(out + g_xs + g_zs)
+
+
+def scan_out_of(node, index):
+    return scan_out(node, index=index)

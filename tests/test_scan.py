@@ -1,0 +1,202 @@
+"""bpc.scan: a loop over time as one node. Each case runs forward against a
+NumPy loop and its gradients (a reverse scan derived by the chain rule)
+against finite differences, in float64 on every target, and in float32
+against the interpreter; the cases cover tuple carries, reverse scans,
+several sequences, tuple and absent outputs, time-major input, carries
+without a batch axis, closures that are inputs or computed values, integer
+sequences read through `take`, and outputs that are placeholders, leaves
+or another output."""
+import numpy as np
+import pytest
+
+import bpc
+from conftest import Arg, OpCase, check_op, check_float32
+
+T, D, H = 4, 3, 5
+
+
+def sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _rnn(x, h0, w, u):
+    def step(h, xt):
+        h = bpc.tanh(xt @ w + h @ u)
+        return h, h
+    return list(bpc.scan(step, h0, x))
+
+
+def _rnn_np(x, h0, w, u):
+    h, ys = h0, []
+    for t in range(x.shape[1]):
+        h = np.tanh(x[:, t] @ w + h @ u)
+        ys.append(h)
+    return [h, np.stack(ys, 1)]
+
+
+def _lstm(x, h0, w, u):
+    def step(carry, xt):
+        h, c = carry
+        z = xt @ w + h @ u
+        i, f, g, o = bpc.split(z, 4, axis=1)
+        c = bpc.sigmoid(f) * c + bpc.sigmoid(i) * bpc.tanh(g)
+        h = bpc.sigmoid(o) * bpc.tanh(c)
+        return (h, c), h * 2.0
+    (h, c), ys = bpc.scan(step, (h0, h0 * 0.5), x)
+    return [h, c, ys]
+
+
+def _lstm_np(x, h0, w, u):
+    h, c, ys = h0, h0 * 0.5, []
+    for t in range(x.shape[1]):
+        i, f, g, o = np.split(x[:, t] @ w + h @ u, 4, axis=1)
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+        ys.append(h * 2.0)
+    return [h, c, np.stack(ys, 1)]
+
+
+def _reverse_two(x1, x2, h0):
+    def step(h, xs):
+        a, b = xs
+        h = bpc.tanh(h * a + b)
+        return h, (h * b, bpc.sum(h, axis=1))
+    h, (ya, yb) = bpc.scan(step, h0, (x1, x2), reverse=True)
+    return [h, ya, yb]
+
+
+def _reverse_two_np(x1, x2, h0):
+    h, ya, yb = h0, [None] * T, [None] * T
+    for t in reversed(range(T)):
+        h = np.tanh(h * x1[:, t] + x2[:, t])
+        ya[t], yb[t] = h * x2[:, t], h.sum(axis=1)
+    return [h, np.stack(ya, 1), np.stack(yb, 1)]
+
+
+def _time_major_sum(x, v):
+    """Time-major input (axis 0), no outputs, and a carry without a batch
+    axis next to one with it."""
+    def step(carry, xt):
+        s, h = carry
+        h = bpc.tanh(h + xt)
+        return (s + bpc.sum(h * v, axis=0), h), None
+    (s, h), ys = bpc.scan(step, (v * 0.0, bpc.tanh(x[0] * 0.0 + 0.1)), x, axis=0)
+    assert ys is None
+    return [s, h]
+
+
+def _time_major_sum_np(x, v):
+    s, h = np.zeros(D), np.tanh(x[0] * 0.0 + 0.1)
+    for t in range(x.shape[0]):
+        h = np.tanh(h + x[t])
+        s = s + (h * v).sum(axis=0)
+    return [s, h]
+
+
+def _closure_of_outer_value(x, h0, w):
+    """The step reads a value computed outside (per example) and an input."""
+    z = bpc.tanh(h0 @ w)
+
+    def step(h, xt):
+        h = h * z + xt * w[0]
+        return h, h - z
+    h, ys = bpc.scan(step, h0, x)
+    return [h, ys]
+
+
+def _closure_of_outer_value_np(x, h0, w):
+    z = np.tanh(h0 @ w)
+    h, ys = h0, []
+    for t in range(x.shape[1]):
+        h = h * z + x[:, t] * w[0]
+        ys.append(h - z)
+    return [h, np.stack(ys, 1)]
+
+
+def _length_only(h0, a):
+    def step(h, _):
+        h = h * a + 1.0
+        return h, bpc.sum(h, axis=1, keepdims=True)
+    h, ys = bpc.scan(step, h0, None, length=T, axis=1)
+    return [h, ys]
+
+
+def _length_only_np(h0, a):
+    h, ys = h0, []
+    for _ in range(T):
+        h = h * a + 1.0
+        ys.append(h.sum(axis=1, keepdims=True))
+    return [h, np.stack(ys, 1)]
+
+
+VOCAB = 7
+
+
+def _token_ids(ids, table, h0, u):
+    """Integer sequences: each step embeds its tokens with take."""
+    def step(h, tok):
+        h = bpc.tanh(bpc.take(table, tok) + h @ u)
+        return h, h
+    h, ys = bpc.scan(step, h0, ids)
+    return [h, ys]
+
+
+def _token_ids_np(ids, table, h0, u):
+    h, ys = h0, []
+    for t in range(ids.shape[1]):
+        h = np.tanh(table[ids[:, t]] + h @ u)
+        ys.append(h)
+    return [h, np.stack(ys, 1)]
+
+
+def _plain_outputs(x, h0, w):
+    """Outputs that are the carry itself, the step's input, a leaf."""
+    def step(h, xt):
+        h = h + xt @ w
+        return h, (h, xt, w * 1.0)
+    h, (a, b, c) = bpc.scan(step, h0, x)
+    return [h, a, b, c]
+
+
+def _plain_outputs_np(x, h0, w):
+    h, a, b = h0, [], []
+    for t in range(x.shape[1]):
+        h = h + x[:, t] @ w
+        a.append(h)
+        b.append(x[:, t])
+    return [h, np.stack(a, 1), np.stack(b, 1), np.stack([w] * T, 1)]
+
+
+def _unit(rng, shape):
+    return rng.uniform(-0.6, 0.6, shape)
+
+
+CASES = [
+    OpCase("rnn_tanh", _rnn, [Arg("x", (None, T, D)), Arg("h0", (None, H), _unit), Arg("w", (D, H), _unit),
+                              Arg("u", (H, H), _unit)], _rnn_np),
+    OpCase("lstm_tuple_carry", _lstm, [Arg("x", (None, T, D)), Arg("h0", (None, H), _unit),
+                                       Arg("w", (D, 4 * H), _unit), Arg("u", (H, 4 * H), _unit)], _lstm_np),
+    OpCase("reverse_two_sequences_tuple_outputs", _reverse_two,
+           [Arg("x1", (None, T, H), _unit), Arg("x2", (None, T, H)), Arg("h0", (None, H))], _reverse_two_np),
+    OpCase("time_major_carry_without_batch", _time_major_sum, [Arg("x", (T, None, D)), Arg("v", (D,))],
+           _time_major_sum_np),
+    OpCase("closure_of_outer_value", _closure_of_outer_value,
+           [Arg("x", (None, T, H)), Arg("h0", (None, H), _unit), Arg("w", (H, H), _unit)],
+           _closure_of_outer_value_np),
+    OpCase("length_without_sequences", _length_only, [Arg("h0", (None, H)), Arg("a", (H,), _unit)],
+           _length_only_np),
+    OpCase("token_ids_through_take", _token_ids,
+           [Arg("ids", (None, T), f"labels:{VOCAB}", "int64"), Arg("table", (VOCAB, H)),
+            Arg("h0", (None, H), _unit), Arg("u", (H, H), _unit)], _token_ids_np),
+    OpCase("outputs_that_are_carry_input_leaf", _plain_outputs,
+           [Arg("x", (None, T, D)), Arg("h0", (None, H)), Arg("w", (D, H))], _plain_outputs_np),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_scan_forward_and_gradient_float64(case, target):
+    check_op(case, target)
+
+
+def test_scan_float32_agrees_with_float64(target):
+    check_float32([c for c in CASES if c.float32], target)
