@@ -73,7 +73,8 @@ def backprop(outputs, seeds, wrt, single=False):
             g_parts = [None if p is None else totals.get(p.id) for p in parts_of(node, order)]
             if all(g is None for g in g_parts):
                 continue
-            input_grads = node.op.grad(node, g_parts)
+            needed = [i.id in depends and i.dtype.kind == "f" for i in node.inputs]
+            input_grads = node.op.grad(node, g_parts, needed)
         else:
             if not parts:
                 continue

@@ -192,7 +192,9 @@ def write_dot(text, path):
 def to_text(outputs, optimize=False):
     """A typed text listing of the graph, one line per op, like JAX's jaxpr:
     easy to read and to diff. Nodes derived by `bpc.grad` are marked `'`.
-    With `optimize`, list the graph after bpc's simplification passes."""
+    A scan lists its step (the body run once per time step) under it,
+    indented. With `optimize`, list the graph after bpc's simplification
+    passes."""
     outs = _maybe_optimized(_as_list(outputs), optimize)
     order = topo_sort(outs)
     lines = []
@@ -200,24 +202,54 @@ def to_text(outputs, optimize=False):
         leaves = [n for n in order if n.kind == kind]
         if leaves:
             lines.append(f"{kind}s: " + ", ".join(f"{n.name}:{type_str(n)}" for n in leaves))
+    names = _op_lines(order, lines, "")
+    lines.append("outputs: " + ", ".join(names[o.id] for o in outs))
+    return "\n".join(lines)
+
+
+def _op_lines(order, lines, indent):
+    """Append one line per op of `order` (a step's ops under its scan);
+    returns the names the listing gives each node (constants: their value)."""
+    from .ops.scan import is_multi_output
     names = {n.id: n.name for n in order}
     for n in order:
         if n.kind == "constant":
             v = _short_value(n._value, 4)
             names[n.id] = v if v is not None else n.name
-    width = max([len(n.name) + len(type_str(n)) for n in order if n.op] + [0]) + 3
+    typed = lambda n: "(results)" if is_multi_output(n) else type_str(n)
+    width = max([len(n.name) + len(typed(n)) for n in order if n.op] + [0]) + 3
     for n in order:
         if n.op is None:
             if n.kind == "constant" and names[n.id] == n.name:
-                lines.append(f"  {n.name}:{type_str(n)} = constant")
+                lines.append(f"{indent}  {n.name}:{type_str(n)} = constant")
             continue
-        attrs = ", ".join(f"{k}={v}" for k, v in n.attrs.items())
+        shown = {k: v for k, v in n.attrs.items() if k not in ("body", "outputs")}
+        attrs = ", ".join(f"{k}={v}" for k, v in shown.items())
         args = " ".join(names[i.id] for i in n.inputs) + (f" {{{attrs}}}" if attrs else "")
         mark = "'" if n.origin == "grad" else " "
-        head = f"{n.name}:{type_str(n)}".ljust(width)
-        lines.append(f" {mark}{head} = {n.op.name} {args}    # {n.where}")
-    lines.append("outputs: " + ", ".join(names[o.id] for o in outs))
-    return "\n".join(lines)
+        head = f"{n.name}:{typed(n)}".ljust(width)
+        lines.append(f"{indent} {mark}{head} = {n.op.name} {args}    # {n.where}")
+        if is_multi_output(n):
+            _step_lines(n, lines, indent + "      ")
+    return names
+
+
+def _step_lines(node, lines, indent):
+    """The step of a scan node: its placeholders, ops and results."""
+    body = node.attrs["body"]
+    groups = (("carries", body.carry_in), ("inputs x_t", body.xs_in), ("closures", body.closures_in))
+    lines.append(f"{indent}step, run {node.attrs['length']} times"
+                 + (" in reverse" if node.attrs["reverse"] else "") + ": "
+                 + "; ".join(f"{what} " + ", ".join(f"{p.name}:{type_str(p)}" for p in ps) for what, ps in groups if ps)
+                 + " <- " + ", ".join(i.name for i in node.inputs))
+    order = topo_sort(body.roots)
+    names = _op_lines(order, lines, indent)
+    results = [f"new carries {', '.join(names[o.id] for o in body.carry_out)}"]
+    if body.ys:
+        results.append(f"y_t {', '.join(names[o.id] for o in body.ys)}")
+    if body.accumulate:
+        results.append("summed " + ", ".join(f"{a.name} += {names[v.id]}" for a, v in body.accumulate))
+    lines.append(f"{indent}step returns: " + "; ".join(results))
 
 
 __all__ = ["to_dot", "to_graph", "to_text", "dot_text", "write_dot", "format_shape"]

@@ -1,5 +1,7 @@
 """Layers built on bpc's graph API: Dense, Conv2d, MaxPool2d, AvgPool2d,
-Flatten, Dropout, Sequential.
+Flatten, Dropout, Embedding, LayerNorm, recurrent cells and layers
+(RNNCell, LSTMCell, GRUCell; SimpleRNN, LSTM, GRU over sequences with
+`bpc.scan`), Sequential.
 
 A layer (a `Module`) holds parameters and builds graph nodes when called:
 `layer(x, training)` returns the output tensor for input tensor `x`.
@@ -352,19 +354,28 @@ class _RecurrentCell(Module):
                 raise ShapeError(f"{self._layer()} expects a (batch, {width}) {what}, got "
                                  f"'{t.name}' of shape {format_shape(t.shape)}")
 
-    def _projections(self, x, h):
-        """x @ W_ihᵀ + b_ih and h @ W_hhᵀ + b_hh, each split into the gates."""
-        xi = x @ self.weight_ih.T + self.bias_ih
+    def __call__(self, x, state, training=False):
+        """The next state from an input (batch, input) and the state."""
+        self._check(x, *(state if isinstance(state, (tuple, list)) else (state,)))
+        return self.step(x @ self.weight_ih.T + self.bias_ih, state)
+
+    def step(self, xi, state):
+        """The next state from the input's projection x W_ihᵀ + b_ih (which a
+        layer computes for every time step in one product) and the state."""
+        raise NotImplementedError
+
+    def _hidden(self, h, xi):
+        """h W_hhᵀ + b_hh, and xi, each split into the gates."""
         hh = h @ self.weight_hh.T + self.bias_hh
-        return (ops.split(xi, self.gates, axis=1), ops.split(hh, self.gates, axis=1)) if self.gates > 1 else (xi, hh)
+        return (ops.split(xi, self.gates, axis=-1), ops.split(hh, self.gates, axis=-1)) if self.gates > 1 \
+            else (xi, hh)
 
 
 class RNNCell(_RecurrentCell):
     """h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) (PyTorch's `nn.RNNCell`)."""
 
-    def __call__(self, x, h, training=False):
-        self._check(x, h)
-        xi, hh = self._projections(x, h)
+    def step(self, xi, h):
+        xi, hh = self._hidden(h, xi)
         return ops.tanh(xi + hh)
 
 
@@ -375,10 +386,9 @@ class LSTMCell(_RecurrentCell):
 
     gates = 4
 
-    def __call__(self, x, state, training=False):
+    def step(self, xi, state):
         h, c = state
-        self._check(x, h, c)
-        (xi, xf, xg, xo), (hi, hf, hg, ho) = self._projections(x, h)
+        (xi, xf, xg, xo), (hi, hf, hg, ho) = self._hidden(h, xi)
         c_next = ops.sigmoid(xf + hf) * c + ops.sigmoid(xi + hi) * ops.tanh(xg + hg)
         return ops.sigmoid(xo + ho) * ops.tanh(c_next), c_next
 
@@ -389,12 +399,87 @@ class GRUCell(_RecurrentCell):
 
     gates = 3
 
-    def __call__(self, x, h, training=False):
-        self._check(x, h)
-        (xr, xz, xn), (hr, hz, hn) = self._projections(x, h)
+    def step(self, xi, h):
+        (xr, xz, xn), (hr, hz, hn) = self._hidden(h, xi)
         r, z = ops.sigmoid(xr + hr), ops.sigmoid(xz + hz)
         n = ops.tanh(xn + r * hn)
         return (1.0 - z) * n + z * h
+
+
+class _Recurrent(Module):
+    """A recurrent layer over sequences (batch, time, input): its cell run by
+    `bpc.scan`, so the loop compiles once whatever the length. The input's
+    projection x W_ihᵀ + b_ih is one product over every step, before the
+    loop; each step computes h W_hhᵀ + b_hh and the gates. Parameters are
+    the cell's (PyTorch's layout: `layer.cell.weight_ih`, ...).
+
+    `layer(x, mask=None, state=None)`: `mask` (batch, time), 1 at real
+    steps and 0 at padding, freezes the state over padded steps (so the
+    final state is that of each sequence's last real step, as with
+    PyTorch's packed sequences) and zeroes their outputs; `state` is the
+    initial state (zeros by default). Returns the outputs of every step
+    (batch, time, hidden) with `return_sequences`, else the final hidden
+    state (batch, hidden); with `return_state`, also the final state."""
+
+    cell_class = None
+
+    def __init__(self, input_size, hidden_size, return_sequences=False, return_state=False, reverse=False,
+                 seed=None, name=None, dtype="float32"):
+        self.name = _check_name(name, type(self).__name__.lower())
+        self.cell = self.cell_class(input_size, hidden_size, seed=seed, name=self.name, dtype=dtype)
+        self.input_size, self.hidden_size = self.cell.input_size, self.cell.hidden_size
+        self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
+        self.reverse = bool(reverse)
+
+    def named_params(self):
+        return self.cell.named_params()
+
+    def _zero_state(self, x):
+        zero = ops.broadcast_to(ops.lift(np.zeros((), x.dtype)), (x.shape[0], self.hidden_size))
+        return (zero, zero) if self.cell.gates == 4 else zero
+
+    def __call__(self, x, mask=None, state=None, training=False):
+        self._expect_tensors(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ShapeError(f"{self._layer()} expects sequences (batch, time, {self.input_size}), got "
+                             f"'{x.name}' of shape {format_shape(x.shape)}")
+        xs = [ops.matmul(x, self.cell.weight_ih.T) + self.cell.bias_ih]
+        if mask is not None:
+            self._expect_tensors(mask)
+            if mask.shape != x.shape[:2]:
+                raise ShapeError(f"{self._layer()}: the mask must be (batch, time) = {format_shape(x.shape[:2])}, "
+                                 f"got '{mask.name}' of shape {format_shape(mask.shape)}")
+            xs.append(ops.reshape(ops.cast(mask, x.dtype), x.shape[:2] + (1,)))
+        init = self._zero_state(x) if state is None else state
+        cell = self.cell
+
+        def step(carry, inputs):
+            new = cell.step(inputs[0], carry)
+            h = new[0] if isinstance(new, tuple) else new
+            if mask is None:
+                return new, h
+            m = inputs[1]
+            keep = lambda a, b: m * a + (1.0 - m) * b
+            frozen = tuple(keep(a, b) for a, b in zip(new, carry)) if isinstance(new, tuple) else keep(new, carry)
+            return frozen, m * h
+        final, ys = ops.scan(step, init, xs, axis=1, reverse=self.reverse)
+        out = ys if self.return_sequences else (final[0] if isinstance(final, tuple) else final)
+        return (out, final) if self.return_state else out
+
+
+class SimpleRNN(_Recurrent):
+    """A tanh RNN over sequences (PyTorch's `nn.RNN`, one layer)."""
+    cell_class = RNNCell
+
+
+class LSTM(_Recurrent):
+    """An LSTM over sequences (PyTorch's `nn.LSTM`, one layer); the state is (h, c)."""
+    cell_class = LSTMCell
+
+
+class GRU(_Recurrent):
+    """A GRU over sequences (PyTorch's `nn.GRU`, one layer)."""
+    cell_class = GRUCell
 
 
 class Flatten(Module):

@@ -189,8 +189,8 @@ def _resolve(shape, batch):
     return tuple(batch if d is None else d for d in shape)
 
 
-def _scan_grad(node, g_parts):
-    return _backward_scan(node, g_parts)
+def _scan_grad(node, g_parts, needed):
+    return _backward_scan(node, g_parts, needed)
 
 
 _scan = Op("scan", "other", _scan_infer, _scan_numpy, _scan_grad, kernel="scan", pure=False,
@@ -254,7 +254,6 @@ def scan(step, init, xs=None, axis=1, length=None, reverse=False):
 
     Returns (final carry, ys), ys stacked along `axis` in time order.
     """
-    import inspect
     if not callable(step):
         raise TypeError(f"scan: step must be a function step(carry, x_t) -> (carry, y_t), got {step!r}")
     carries, carry_struct = _flatten(init, "init")
@@ -325,9 +324,11 @@ def _where(fn):
 
 # ----- the gradient: a reverse scan ---------------------------------------------------------
 
-def _backward_scan(node, g_parts):
+def _backward_scan(node, g_parts, needed):
     """Gradients of a scan's inputs (inits, xs, closures) given those of its
-    results (None: no gradient flows from that result)."""
+    results (None: no gradient flows from that result); `needed` says which
+    inputs want one (the others get None, and the backward step does not
+    compute them)."""
     from ..autodiff import backprop
     from .structural import broadcast_to
     body, T, reverse = node.attrs["body"], node.attrs["length"], node.attrs["reverse"]
@@ -335,7 +336,7 @@ def _backward_scan(node, g_parts):
         raise ShapeError("gradients of a backward scan (second-order gradients through bpc.scan) "
                          "are not supported")
     K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys)
-    inits, xs, zs = node.inputs[:K], node.inputs[K:K + J], node.inputs[K + J:]
+    xs, zs = node.inputs[K:K + J], node.inputs[K + J:]
     g_stacks, g_ys = g_parts[:K], g_parts[K:K + L]
     fwd = body.clone()
     # Placeholders of the backward step: the gradient carried back to the
@@ -346,8 +347,8 @@ def _backward_scan(node, g_parts):
     g_y = [placeholder(f"g_y{l}", y.shape, y.dtype) if g is not None else None
            for l, (y, g) in enumerate(zip(fwd.ys, g_ys))]
     seeds = [gc if gh is None else gc + gh for gc, gh in zip(g_carry, g_h)] + g_y
-    wrt_x = [j for j, x in enumerate(fwd.xs_in) if x.dtype.kind == "f"]
-    wrt_z = [m for m, z in enumerate(fwd.closures_in) if z.dtype.kind == "f"]
+    wrt_x = [j for j, x in enumerate(fwd.xs_in) if x.dtype.kind == "f" and needed[K + j]]
+    wrt_z = [m for m, z in enumerate(fwd.closures_in) if z.dtype.kind == "f" and needed[K + J + m]]
     grads = backprop(fwd.outputs, seeds, fwd.carry_in + [fwd.xs_in[j] for j in wrt_x]
                      + [fwd.closures_in[m] for m in wrt_z])
     g_cin, g_x, g_z = grads[:K], grads[K:K + len(wrt_x)], grads[K + len(wrt_x):]
@@ -368,6 +369,9 @@ def _backward_scan(node, g_parts):
     _, parts = _make_scan(bwd, zero_init, seqs, zs, T, not reverse, shifts)
     out = []
     for k in range(K):   # the gradient reaching the initial carry, plus that of its stack entry
+        if not needed[k]:
+            out.append(None)
+            continue
         g = parts[k][T if reverse else 0]
         if g_stacks[k] is not None:
             g = g + g_stacks[k][T if reverse else 0]

@@ -18,7 +18,6 @@ them.
 """
 import math
 
-import numpy as np
 
 from ...errors import CompileError
 
