@@ -443,13 +443,18 @@ class _Recurrent(Module):
         if x.ndim != 3 or x.shape[2] != self.input_size:
             raise ShapeError(f"{self._layer()} expects sequences (batch, time, {self.input_size}), got "
                              f"'{x.name}' of shape {format_shape(x.shape)}")
-        xs = [ops.matmul(x, self.cell.weight_ih.T) + self.cell.bias_ih]
+        # Time-major (time, batch, ...) from here on: the input's projection
+        # is one product over all steps, written where the scan reads each
+        # step's slice, and the weight's gradient one product over the
+        # steps' rows, all contiguous.
+        steps = ops.scan_materialize(ops.transpose(x, (1, 0, 2)))
+        xs = [ops.matmul(steps, self.cell.weight_ih.T) + self.cell.bias_ih]
         if mask is not None:
             self._expect_tensors(mask)
             if mask.shape != x.shape[:2]:
                 raise ShapeError(f"{self._layer()}: the mask must be (batch, time) = {format_shape(x.shape[:2])}, "
                                  f"got '{mask.name}' of shape {format_shape(mask.shape)}")
-            xs.append(ops.reshape(ops.cast(mask, x.dtype), x.shape[:2] + (1,)))
+            xs.append(ops.reshape(ops.transpose(ops.cast(mask, x.dtype)), (x.shape[1], x.shape[0], 1)))
         init = self._zero_state(x) if state is None else state
         cell = self.cell
 
@@ -462,8 +467,9 @@ class _Recurrent(Module):
             keep = lambda a, b: m * a + (1.0 - m) * b
             frozen = tuple(keep(a, b) for a, b in zip(new, carry)) if isinstance(new, tuple) else keep(new, carry)
             return frozen, m * h
-        final, ys = ops.scan(step, init, xs, axis=1, reverse=self.reverse)
-        out = ys if self.return_sequences else (final[0] if isinstance(final, tuple) else final)
+        final, ys = ops.scan(step, init, xs, axis=0, reverse=self.reverse)
+        out = ops.transpose(ys, (1, 0, 2)) if self.return_sequences else \
+            (final[0] if isinstance(final, tuple) else final)
         return (out, final) if self.return_state else out
 
 

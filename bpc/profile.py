@@ -26,6 +26,8 @@ kernels that call its CBLAS gemm directly).
 import importlib
 import os
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -157,13 +159,19 @@ def _matmul_info(kernel, batch):
         return None, None
     n = kernel.node
     a, b = n.inputs
-    (m, k), (_, cols) = resolve(a.shape, batch), resolve(b.shape, batch)
+    # Batched products: every matrix of the result is (m x k) @ (k x cols);
+    # a vector operand is a matrix of one row or column.
+    k = resolve(a.shape, batch)[-1]
+    shape = resolve(n.shape, batch)
+    m = shape[-2] if a.ndim > 1 else 1
+    cols = shape[-1] if b.ndim > 1 else 1
+    stack = int(np.prod(resolve(n.shape, batch))) // (m * cols) if n.ndim else 1
 
     def text(t):
         shape = format_shape(resolve(t.shape, batch))[1:-1].replace(", ", "x")
         return shape + ("ᵀ" if t.op is not None and t.op.name == "transpose" else "")
     out = format_shape(resolve(n.shape, batch))[1:-1].replace(", ", "x")
-    return 2 * m * k * cols, f"{text(a)} @ {text(b)} -> {out}"
+    return 2 * stack * m * k * cols, f"{text(a)} @ {text(b)} -> {out}"
 
 
 def gemm_library(which="scipy"):

@@ -22,14 +22,22 @@ def typed_const(value, dtype):
 
 
 class ScalarContext:
-    """What an op's scalar formula sees: typed constants and its attributes."""
+    """What an op's scalar formula sees: typed constants, its attributes,
+    and how the target spells tanh: `rational_tanh` (cpu, float32) calls
+    `tanh32`, a ratio of polynomials that LLVM vectorizes (the cpu
+    target's kernels define it), where `math.tanh` is a scalar libm call
+    per element (Numba finds no vector math library here)."""
 
-    def __init__(self, node):
+    def __init__(self, node, rational_tanh=False):
         self.attrs = node.attrs
         self.dtype_name = node.dtype.name
+        self.rational_tanh = rational_tanh and node.dtype.name == "float32"
 
     def c(self, value):
         return typed_const(value, self.dtype_name)
+
+    def tanh(self, a):
+        return f"tanh32({a})" if self.rational_tanh else f"math.tanh({a})"
 
 
 class Names:

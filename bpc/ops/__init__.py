@@ -9,4 +9,4 @@ from .nn import (log_softmax, softmax, one_hot, softmax_cross_entropy, binary_cr
                  mse, kl_div, dropout, random_uniform, uniform_hash)
 from .conv import conv2d, max_pool2d, avg_pool2d, flatten, pad
 from .indexing import getitem, concat, stack, split, take
-from .scan import scan
+from .scan import scan, materialize as scan_materialize

@@ -57,12 +57,16 @@ def _needs_buffer(t):
 class Body:
     """One step of a scan: placeholders for the carries, the inputs x_t and
     the closures, and the nodes of the new carries, the outputs y_t and the
-    accumulator updates (state leaf, new value)."""
+    accumulator updates (state leaf, new value). The last `saved` outputs
+    are no output of the user's step: values its gradient needs (the
+    gates of an LSTM), stacked by the forward scan so that the backward
+    scan reads them instead of computing them again."""
 
-    def __init__(self, carry_in, xs_in, closures_in, carry_out, ys, accumulate=()):
+    def __init__(self, carry_in, xs_in, closures_in, carry_out, ys, accumulate=(), saved=0):
         self.carry_in, self.xs_in, self.closures_in = list(carry_in), list(xs_in), list(closures_in)
         self.carry_out, self.ys = list(carry_out), list(ys)
         self.accumulate = list(accumulate)
+        self.saved = saved
 
     @property
     def inputs(self):
@@ -77,24 +81,29 @@ class Body:
         return self.outputs + [v for _, v in self.accumulate]
 
     def clone(self):
-        """The same body over fresh placeholders (its nodes are new)."""
-        mapping = {p.id: placeholder(p.name, p.shape, p.dtype) for p in self.inputs}
-        new_roots, remap = rebuild(self.roots, lambda n, ins: mapping[n.id] if n.id in mapping
-                                   else _copy_node(n, ins))
-        k = len(self.carry_out)
-        outs = new_roots[:len(self.outputs)]
-        acc = [(a, v) for (a, _), v in zip(self.accumulate, new_roots[len(self.outputs):])]
-        return Body(*([remap[p.id] if p.id in remap else mapping[p.id] for p in group]
-                      for group in (self.carry_in, self.xs_in, self.closures_in)),
-                    outs[:k], outs[k:], acc)
+        """The same body over fresh placeholders and fresh op nodes (two
+        programs never share a node): returns (body, {old node id: new node})."""
+        fresh = {p.id: placeholder(p.name, p.shape, p.dtype) for p in self.inputs}
+
+        def copy(n, inputs):
+            if n.id in fresh:
+                return fresh[n.id]
+            return n if n.op is None else _copy_node(n, inputs, always=True)
+        new_roots, mapping = rebuild(self.roots, copy)
+        mapping.update({pid: p for pid, p in fresh.items() if pid not in mapping})
+        k, n_out = len(self.carry_out), len(self.outputs)
+        acc = [(a, v) for (a, _), v in zip(self.accumulate, new_roots[n_out:])]
+        body = Body(*([mapping[p.id] for p in group] for group in (self.carry_in, self.xs_in, self.closures_in)),
+                    new_roots[:k], new_roots[k:n_out], acc, saved=self.saved)
+        return body, mapping
 
     def describe(self):
         return (f"{len(self.carry_in)} carries, {len(self.xs_in)} inputs, {len(self.closures_in)} closures, "
                 f"{len(self.ys)} outputs" + (f", {len(self.accumulate)} accumulators" if self.accumulate else ""))
 
 
-def _copy_node(n, inputs):
-    if n.op is None or all(a is b for a, b in zip(inputs, n.inputs)):
+def _copy_node(n, inputs, always=False):
+    if n.op is None or not always and all(a is b for a, b in zip(inputs, n.inputs)):
         return n
     new = Tensor("op", n.shape, n.dtype, name=n.name, op=n.op, inputs=inputs, attrs=n.attrs, where=n.where)
     new.origin = n.origin
@@ -303,6 +312,8 @@ def scan(step, init, xs=None, axis=1, length=None, reverse=False):
                              f"{c.dtype.name}{format_shape(c.shape)} [step defined at {_where(step)}]")
     outs, closures = _hoist(new_carries + ys, carry_ph + xs_ph)
     body = Body(carry_ph, xs_ph, [ph for _, ph in closures], outs[:len(carries)], outs[len(carries):])
+    saved = _saved_values(body)
+    body = Body(body.carry_in, body.xs_in, body.closures_in, body.carry_out, body.ys + saved, saved=len(saved))
     perm = lambda x: (axis % x.ndim,) + tuple(a for a in range(x.ndim) if a != axis % x.ndim)
     stacks = [materialize(transpose(x, perm(x))) for x in seqs]
     inits = [materialize(c) if _needs_buffer(c) else c for c in carries]
@@ -324,66 +335,118 @@ def _where(fn):
 
 # ----- the gradient: a reverse scan ---------------------------------------------------------
 
+def _chain_rule(fwd, seeds, wrt):
+    """backprop over a (cloned) forward step; also returns the values of
+    the forward step that the derived nodes read (the frontier): the bases
+    of views, leaving out leaves, placeholders and values that do not
+    change from step to step (computed from closures alone)."""
+    from ..autodiff import backprop
+    grads = backprop(fwd.outputs, seeds, wrt)
+    forward = {n.id for n in topo_sort(fwd.roots)}
+    varies = {p.id for p in fwd.carry_in + fwd.xs_in}
+    for n in topo_sort(fwd.roots):
+        if any(i.id in varies for i in n.inputs):
+            varies.add(n.id)
+    frontier = {}
+    for n in topo_sort(grads):
+        if n.id in forward:
+            continue
+        for i in n.inputs:
+            if i.id not in forward:
+                continue
+            while i.op is not None and i.op.is_view:
+                i = i.inputs[0]
+            if i.op is not None and i.id in varies:
+                frontier.setdefault(i.id, i)
+    return grads, list(frontier.values())
+
+
+def _saved_values(body):
+    """The forward step's values its gradient reads that the step does not
+    already output (the residuals the forward scan stacks)."""
+    fwd, mapping = body.clone()
+    seeds = [placeholder(f"seed{k}", o.shape, o.dtype) for k, o in enumerate(fwd.outputs)]
+    wrt = [p for p in fwd.carry_in + fwd.xs_in + fwd.closures_in if p.dtype.kind == "f"]
+    _, frontier = _chain_rule(fwd, seeds, wrt)
+    original = {new.id: old for old, new in ((body_node, mapping[body_node.id])
+                                            for body_node in topo_sort(body.roots))}
+    outputs = {o.id for o in fwd.outputs}
+    return [original[n.id] for n in frontier if n.id not in outputs]
+
+
 def _backward_scan(node, g_parts, needed):
     """Gradients of a scan's inputs (inits, xs, closures) given those of its
     results (None: no gradient flows from that result); `needed` says which
     inputs want one (the others get None, and the backward step does not
-    compute them)."""
-    from ..autodiff import backprop
+    compute them). The backward step reads what the forward step saved
+    (its carries, outputs and residuals) instead of computing it again."""
     from .structural import broadcast_to
     body, T, reverse = node.attrs["body"], node.attrs["length"], node.attrs["reverse"]
     if body.accumulate or any(node.attrs["shifts"]):
         raise ShapeError("gradients of a backward scan (second-order gradients through bpc.scan) "
                          "are not supported")
-    K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys)
+    K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys) - body.saved
     xs, zs = node.inputs[K:K + J], node.inputs[K + J:]
+    parts = [scan_out(node, index=i) for i in range(len(node.attrs["outputs"]))]
     g_stacks, g_ys = g_parts[:K], g_parts[K:K + L]
-    fwd = body.clone()
+    fwd, _ = body.clone()
     # Placeholders of the backward step: the gradient carried back to the
     # carries, and per step the direct gradients of the stacked carries and ys.
     g_carry = [placeholder(f"g_carry{k}", c.shape, c.dtype) for k, c in enumerate(fwd.carry_in)]
     g_h = [placeholder(f"g_h{k}", c.shape, c.dtype) if g is not None else None
            for k, (c, g) in enumerate(zip(fwd.carry_in, g_stacks))]
     g_y = [placeholder(f"g_y{l}", y.shape, y.dtype) if g is not None else None
-           for l, (y, g) in enumerate(zip(fwd.ys, g_ys))]
-    seeds = [gc if gh is None else gc + gh for gc, gh in zip(g_carry, g_h)] + g_y
+           for l, (y, g) in enumerate(zip(fwd.ys[:L], g_ys))]
+    seeds = [gc if gh is None else gc + gh for gc, gh in zip(g_carry, g_h)] + g_y + [None] * body.saved
     wrt_x = [j for j, x in enumerate(fwd.xs_in) if x.dtype.kind == "f" and needed[K + j]]
     wrt_z = [m for m, z in enumerate(fwd.closures_in) if z.dtype.kind == "f" and needed[K + J + m]]
-    grads = backprop(fwd.outputs, seeds, fwd.carry_in + [fwd.xs_in[j] for j in wrt_x]
-                     + [fwd.closures_in[m] for m in wrt_z])
+    grads, frontier = _chain_rule(fwd, seeds, fwd.carry_in + [fwd.xs_in[j] for j in wrt_x]
+                                  + [fwd.closures_in[m] for m in wrt_z])
+    # Step t of the forward scan read carry entry t (t + 1, reverse) and
+    # wrote entry t + 1 (t): the backward step t reads the same entries.
+    read, wrote = (1, 0) if reverse else (0, 1)
+    # Forward values the derived nodes read: taken from the stacks the
+    # forward scan wrote (new carries, outputs, saved values), not computed.
+    sources = {}
+    for k, c in enumerate(fwd.carry_out):
+        sources.setdefault(c.id, (parts[k], wrote))
+    for l, y in enumerate(fwd.ys):
+        sources.setdefault(y.id, (parts[K + l], 0))
+    reads, stand_in = [], {}
+    for n in frontier:
+        if n.id in sources:
+            stand_in[n.id] = placeholder(f"saved{len(reads)}", n.shape, n.dtype)
+            reads.append((stand_in[n.id], sources[n.id]))
+    grads, _ = rebuild(grads, lambda n, ins: stand_in[n.id] if n.id in stand_in else _copy_node(n, ins))
     g_cin, g_x, g_z = grads[:K], grads[K:K + len(wrt_x)], grads[K + len(wrt_x):]
     accumulators = [Tensor("state", fwd.closures_in[m].shape, fwd.closures_in[m].dtype, name=f"grad_sum{m}")
                     for m in wrt_z]
     extra_xs = [g for g in g_h if g is not None] + [g for g in g_y if g is not None]
-    bwd = Body(g_carry, fwd.carry_in + fwd.xs_in + extra_xs, fwd.closures_in, g_cin, g_x,
+    bwd = Body(g_carry, fwd.carry_in + fwd.xs_in + extra_xs + [p for p, _ in reads], fwd.closures_in, g_cin, g_x,
                [(a, a + g) for a, g in zip(accumulators, g_z)])
-    # Step t of the forward scan read carry entry t (t + 1, reverse) and
-    # wrote entry t + 1 (t): the backward step t reads the same entries.
-    read, wrote = (1, 0) if reverse else (0, 1)
     stacked_gh = [g for g in g_stacks if g is not None]
-    shifts = [read] * K + [0] * J + [wrote] * len(stacked_gh) + [0] * len([g for g in g_y if g is not None])
-    stacks = [scan_out_of(node, k) for k in range(K)]
+    shifts = ([read] * K + [0] * J + [wrote] * len(stacked_gh) + [0] * len([g for g in g_y if g is not None])
+              + [shift for _, (_, shift) in reads])
     zero_init = [materialize(broadcast_to(lift(np.zeros((), c.dtype)), c.shape)) for c in fwd.carry_in]
-    seqs = stacks + list(xs) + [materialize(g) if _needs_buffer(g) else g
-                                for g in stacked_gh + [g for g in g_ys if g is not None]]
-    _, parts = _make_scan(bwd, zero_init, seqs, zs, T, not reverse, shifts)
+    seqs = (parts[:K] + list(xs) + [materialize(g) if _needs_buffer(g) else g
+                                    for g in stacked_gh + [g for g in g_ys if g is not None]]
+            + [stack for _, (stack, _) in reads])
+    _, bparts = _make_scan(bwd, zero_init, seqs, zs, T, not reverse, shifts)
     out = []
     for k in range(K):   # the gradient reaching the initial carry, plus that of its stack entry
         if not needed[k]:
             out.append(None)
             continue
-        g = parts[k][T if reverse else 0]
+        g = bparts[k][T if reverse else 0]
         if g_stacks[k] is not None:
             g = g + g_stacks[k][T if reverse else 0]
         out.append(g)
     g_xs = [None] * J
-    for j, gx in zip(wrt_x, parts[K:K + len(wrt_x)]):
+    for j, gx in zip(wrt_x, bparts[K:K + len(wrt_x)]):
         g_xs[j] = gx
     g_zs = [None] * len(zs)
-    for m, acc in zip(wrt_z, parts[K + len(wrt_x):]):
+    for m, acc in zip(wrt_z, bparts[K + len(wrt_x):]):
         g_zs[m] = acc
     return tuple(out + g_xs + g_zs)
 
 
-def scan_out_of(node, index):
-    return scan_out(node, index=index)

@@ -168,9 +168,36 @@ def _transpose_infer(inputs, attrs):
     return tuple(x.shape[a] for a in perm), x.dtype
 
 
+def _transpose_grad(n, g):
+    """The gradient flows back through the inverse permutation. Where the
+    permutation exchanges the two last axes and the gradient is a matrix
+    product (the gradient of W in `x @ W.T`: (xᵀ g)ᵀ), it is built as the
+    product of the transposes (gᵀ x): BLAS writes it in W's own layout,
+    where a transposed view would be read with strides by the update."""
+    inverse = tuple(np.argsort(n.attrs["axes"]).tolist())
+    swap = tuple(range(n.ndim - 2)) + (n.ndim - 1, n.ndim - 2)
+    flipped = _product_transposed(g) if n.ndim >= 2 and inverse == swap else None
+    return (flipped if flipped is not None else transpose(g, inverse),)
+
+
+def _product_transposed(g):
+    """(A @ B) with its two last axes exchanged, as Bᵀ @ Aᵀ (also through a
+    sum over leading axes); None for other nodes."""
+    if g.op is _matmul and g.inputs[0].ndim >= 2 and g.inputs[1].ndim >= 2:
+        a, b = g.inputs
+        return matmul(matrix_transpose(b), matrix_transpose(a))
+    if g.op is _sum and g.inputs[0].op is _matmul and all(ax < g.inputs[0].ndim - 2 for ax in g.attrs["axis"]):
+        inner = _product_transposed(g.inputs[0])
+        return None if inner is None else sum(inner, g.attrs["axis"], g.attrs["keepdims"])
+    if g.op is _reshape and g.ndim >= 2 and g.inputs[0].shape[-2:] == g.shape[-2:]:
+        # sum_to's reshape dropping the unit axes its sum kept
+        inner = _product_transposed(g.inputs[0])
+        return None if inner is None else reshape(inner, g.shape[:-2] + (g.shape[-1], g.shape[-2]))
+    return None
+
+
 _transpose = Op("transpose", "other", _transpose_infer,
-                lambda attrs, shape, x: np.transpose(x, attrs["axes"]),
-                lambda n, g: (transpose(g, tuple(np.argsort(n.attrs["axes"]).tolist())),), kernel="view")
+                lambda attrs, shape, x: np.transpose(x, attrs["axes"]), _transpose_grad, kernel="view")
 
 
 def transpose(x, axes=None):

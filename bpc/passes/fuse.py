@@ -42,7 +42,7 @@ class Kernel:
     stores: list = field(default_factory=list)   # members whose values leave the kernel
     reads: list = field(default_factory=list)    # nodes read from outside
     name: str = ""
-    body: object = None             # scan kernels: the step's `Program` and its `Plan`
+    body: object = None             # scan kernels: their `Step`
     update: tuple = None            # matmul kernels: (param's new value, alpha) when the product
     #                                 is added into the param in place (p = alpha * A @ B + p)
 
@@ -227,9 +227,8 @@ def plan(program, gemm_updates=False):
         if n.op is None or n.op is scan_out:   # a scan's results belong to its kernel
             continue
         if is_multi_output(n):
-            # One kernel writes every result of a scan, those no one reads too.
-            parts = [p if p is not None else scan_out(n, index=i) for i, p in enumerate(parts_of(n, order))]
-            k = Kernel("scan", [n] + parts, stores=parts, body=plan_body(n, gemm_updates))
+            step = plan_step(n, parts_of(n, order), gemm_updates)
+            k = Kernel("scan", [n] + step.parts, stores=step.parts, body=step)
         elif n.id in group_of:
             g = groups.find(group_of[n.id])
             if g in seen_groups:
@@ -276,16 +275,46 @@ def plan(program, gemm_updates=False):
     return Plan(order_k, roots, in_place, copies, buffers, specs, inline, snapshots)
 
 
-def plan_body(node, gemm_updates=False):
-    """The step of a scan node as a `Program` of its own, optimized and
-    planned like any function: returns (program, plan). Every output is
-    written by a kernel of the step into a buffer of its own (the scan
-    points it at the step's slice of a stack): an output that is an input,
-    a leaf, a view or another output's node is first copied."""
+@dataclass
+class Step:
+    """How a scan kernel runs: its step as a program of its own (`program`,
+    optimized, and its `plan`), run `steps` times (last to first when
+    `reverse`), and where each of the step's values lives in the outer
+    step: `ports` lists (step node, outer node, shift): the step reads or
+    writes the outer node's time entry t + shift at step t (shift None:
+    the whole outer value, every step). Before the first step each initial
+    carry is copied into entry `entry` of its stack (`inits`: (stack,
+    value)) and each gradient sum (`sums`) is zeroed. `parts`: the scan's
+    results that the kernel writes (stacks of carries and sums always;
+    outputs only where read)."""
+    program: object
+    plan: Plan
+    ports: list
+    inits: list
+    sums: list
+    entry: int
+    steps: int
+    reverse: bool
+    parts: list
+
+
+def plan_step(node, parts, gemm_updates=False):
+    """The `Step` of scan node `node`, whose results `parts` (scan_out
+    nodes by index, None where the graph reads none) are: the carry
+    stacks, the outputs' stacks, the gradient sums. Every output the step
+    computes is written by one of its kernels into a buffer of its own
+    (the port points it at the step's entry of a stack): an output that is
+    an input, a leaf, a view or another output's node is copied first."""
     from ..function import Program
     from . import optimize
     body = node.attrs["body"]
-    outs, updates, report = optimize(body.outputs, body.accumulate)
+    T, reverse, shifts = node.attrs["length"], node.attrs["reverse"], node.attrs["shifts"]
+    K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys)
+    # The carry stacks and gradient sums are written whether read or not;
+    # outputs no one reads are not computed.
+    parts = [p if p is not None or K <= i < K + L else scan_out(node, index=i) for i, p in enumerate(parts)]
+    keep = [l for l in range(L) if parts[K + l] is not None]
+    outs, updates, report = optimize(body.carry_out + [body.ys[l] for l in keep], body.accumulate)
     seen, written = set(), []
     for o in outs:
         if o.op is None or o.op.is_view or o.id in seen:
@@ -293,12 +322,21 @@ def plan_body(node, gemm_updates=False):
         seen.add(o.id)
         written.append(o)
     program = Program(body.inputs, written, updates, name="scan step", report=report)
-    return program, plan(program, gemm_updates)
+    xs, zs = node.inputs[K:K + J], node.inputs[K + J:]
+    read, wrote = (1, 0) if reverse else (0, 1)
+    ports = ([(p, h, read) for p, h in zip(body.carry_in, parts)]
+             + [(o, h, wrote) for o, h in zip(written[:K], parts[:K])]
+             + [(p, x, s) for p, x, s in zip(body.xs_in, xs, shifts)]
+             + [(o, parts[K + l], 0) for o, l in zip(written[K:], keep)]
+             + [(p, z, None) for p, z in zip(body.closures_in, zs)]
+             + [(a, acc, None) for (a, _), acc in zip(body.accumulate, parts[K + L:])])
+    return Step(program, plan(program, gemm_updates), ports, list(zip(parts[:K], node.inputs[:K])),
+                parts[K + L:], T if reverse else 0, T, reverse, [p for p in parts if p is not None])
 
 
 def scan_step_nodes(k):
     """Every node of scan kernel k's step program (for naming and leaves)."""
-    program, _ = k.body
+    program = k.body.program
     return topo_sort(program.roots + [p for p, _ in program.updates] + list(program.inputs))
 
 

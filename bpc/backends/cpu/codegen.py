@@ -29,6 +29,7 @@ ones. Loop bodies are the ops' scalar formulas; matrix products are
 `np.dot` calls into BLAS with transposes passed as views.
 """
 import inspect
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -59,6 +60,31 @@ RUN_TIME_SIZES = ("matmul", "slice", "unslice", "concat", "take", "take_grad")
 # of at least COLUMN_PART_ROWS rows (`_column_loops`).
 COLUMN_PARTS, COLUMN_PART_ROWS = 16, 16
 KERNEL_PREFIX = "bpc_kernel"
+
+# float32 tanh as a ratio of two polynomials in x² over [-7.9, 7.9] (beyond,
+# tanh is ±1 in float32; from |x| = 9 on, exactly ±1): within 3e-7 of tanh,
+# NaN stays NaN, and made of
+# multiplies, adds and one division, which LLVM vectorizes, where math.tanh
+# is a libm call per element. The coefficients are Eigen's (also XLA's).
+# A 32x128 LSTM gate loop: 180 us with libm, 6.5 us with this.
+TANH32 = """@njit(inline='always', fastmath=""" + FASTMATH + """, error_model='numpy')
+def tanh32(x0):
+    x = min(max(x0, float32(-7.90531110763549805)), float32(7.90531110763549805))
+    x2 = x * x
+    p = float32(-2.76076847742355e-16)
+    p = p * x2 + float32(2.00018790482477e-13)
+    p = p * x2 + float32(-8.60467152213735e-11)
+    p = p * x2 + float32(5.12229709037114e-08)
+    p = p * x2 + float32(1.48572235717979e-05)
+    p = p * x2 + float32(6.37261928875436e-04)
+    p = p * x2 + float32(4.89352455891786e-03)
+    q = float32(1.19825839466702e-06)
+    q = q * x2 + float32(1.18534705686654e-04)
+    q = q * x2 + float32(2.26843463243900e-03)
+    q = q * x2 + float32(4.89352518554385e-03)
+    r = x * p / q
+    # Exactly +-1 where float32 tanh rounds to it (the ratio stops 2e-7 short).
+    return r if not (abs(x0) >= float32(9.0)) else (float32(1.0) if x0 > float32(0.0) else float32(-1.0))"""
 
 
 class KernelWriter:
@@ -193,6 +219,8 @@ class KernelWriter:
                "from numba import carray, njit, prange, float32, float64, int32, int64", ""]
         if self.uses_blas:
             out += [f"from bpc.backends.cpu.blas import cblas_gemm  # version {blas.CALL_VERSION}", ""]
+        if any("tanh32(" in line for line in self.lines):
+            out += [TANH32, ""]
         if self.uses_hash:
             out += ["# The counter-based generator of dropout masks, from bpc.ops.nn.",
                     "_M31 = 0x7FFFFFFF", "", inspect.getsource(uniform_hash),
@@ -223,7 +251,9 @@ class Generator:
 
     def __init__(self, program, plan):
         from ...graph.traverse import topo_sort
-        self.program, self.plan = program, plan
+        # A copy whose inline constants and in-place updates a scan's step
+        # extends with its own (`scan.py`), leaving the backend's plan as it is.
+        self.program, self.plan = program, replace(plan, inline=dict(plan.inline), in_place=dict(plan.in_place))
         self.gemm = blas.numpy_gemm()
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
         unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
@@ -231,7 +261,7 @@ class Generator:
         self.names = Names(unused + order + bodies)
         # Leaves: params, state, constants; a scan's step adds the constants
         # its optimization made (its other leaves are the scan's inputs).
-        body_inline = {i for k in plan.kernels if k.body is not None for i in k.body[1].inline}
+        body_inline = {i for k in plan.kernels if k.body is not None for i in k.body.plan.inline}
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
         self.leaves += list({n.id: n for n in bodies if n.kind == "constant" and n.id not in body_inline}.values())
         # Storage, indexed: the inputs, the leaves (params, state, constants), the buffers.
@@ -532,7 +562,7 @@ class Generator:
                 continue
             args = [self._value(i, w, ids, loaded, depth, index) for i in m.inputs]
             name = w.local(m)
-            w.emit(f"{name} = {m.op.scalar(ScalarContext(m), *args)}", depth)
+            w.emit(f"{name} = {m.op.scalar(ScalarContext(m, rational_tanh=True), *args)}", depth)
             if m.id in self.plan.in_place or m.id in stored:
                 store = f"{w.array(m)}[{index(m)}] = {name}"
                 if m.id in self.plan.in_place:

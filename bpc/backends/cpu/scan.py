@@ -22,15 +22,6 @@ import math
 from ...errors import CompileError
 
 
-class _Port:
-    """Where a step's placeholder (or output, or accumulator) lives: outer
-    `node`'s storage, at time entry t + shift (shift None: the same array
-    every step)."""
-
-    def __init__(self, node, shift):
-        self.node, self.shift = node, shift
-
-
 def _step_bytes(stack):
     """(a, b): the bytes of one time entry of a time-major stack, a + b * N."""
     per = math.prod(d for d in stack.shape[1:] if d is not None) * stack.dtype.itemsize
@@ -38,79 +29,60 @@ def _step_bytes(stack):
 
 
 def scan_calls(gen, k):
-    """Append the calls of scan kernel k to the generator's calls."""
-    from .codegen import KernelWriter
+    """Append the calls of scan kernel k (its `passes.fuse.Step`) to the generator's calls."""
+    from .codegen import KernelWriter, RUN_TIME_SIZES
     from ..lowering import kernel_emitter, view_chain
-    node, parts = k.node, k.stores
-    program, plan = k.body
-    body = node.attrs["body"]
-    T, reverse, shifts = node.attrs["length"], node.attrs["reverse"], node.attrs["shifts"]
-    K, J, L = len(body.carry_in), len(body.xs_in), len(body.ys)
-    inits, xs, zs = node.inputs[:K], node.inputs[K:K + J], node.inputs[K + J:]
+    node, step = k.node, k.body
     for t in node.inputs:
         if view_chain(t)[-1] is not t or t.id in gen.plan.inline:
             raise CompileError(f"scan '{node.name}' (built at {node.where}) reads '{t.name}', which has no "
                                "buffer of its own; this is a bpc bug (scan inputs are materialized)")
 
-    # The setup: initial carries into their stack entry, accumulators zeroed.
-    w = KernelWriter(gen, f"scan setup [{K} carries, {len(parts) - K - L} accumulators]", sizes_at_run_time=True)
-    entry = w.value(T if reverse else 0)
-    for h, c in zip(parts[:K], inits):
+    # The setup: initial carries into their stack entry, gradient sums zeroed.
+    w = KernelWriter(gen, f"scan setup [{len(step.inits)} carries, {len(step.sums)} sums]", sizes_at_run_time=True)
+    entry = w.value(step.entry)
+    for h, c in step.inits:
         _loops(w, c.shape, f"{w.array(h)}[{entry}{''.join(f', i{a}' for a in range(c.ndim))}]",
                f"{w.array(c)}[{', '.join(f'i{a}' for a in range(c.ndim)) or '()'}]")
-    for acc in parts[K + L:]:
+    for acc in step.sums:
         _loops(w, acc.shape, f"{w.array(acc)}[{', '.join(f'i{a}' for a in range(acc.ndim)) or '()'}]", "0")
     gen._call(w, f"{k.name}: scan setup", k)
 
-    # Ports: each placeholder, output and accumulator of the step.
-    read, wrote = (1, 0) if reverse else (0, 1)
+    # Each port is a storage index of its own (negative) while the step's
+    # kernels are written; the calls of step t replace it by the outer
+    # node's storage and the byte offset of entry t + shift.
     ports = {}
-    for p, h in zip(body.carry_in, parts[:K]):
-        ports[p.id] = _Port(h, read)
-    for o, h in zip(program.outputs[:K], parts[:K]):
-        ports[o.id] = _Port(h, wrote)
-    for p, x, s in zip(body.xs_in, xs, shifts):
-        ports[p.id] = _Port(x, s)
-    for o, y in zip(program.outputs[K:], parts[K:K + L]):
-        ports[o.id] = _Port(y, 0)
-    for p, z in zip(body.closures_in, zs):
-        ports[p.id] = _Port(z, None)
-    for (a, _), acc in zip(body.accumulate, parts[K + L:]):
-        ports[a.id] = _Port(acc, None)
-    virtual = {}
-    for nid, port in ports.items():
-        virtual[nid] = -1 - len(virtual)
-        gen._storage[nid] = virtual[nid]
-    by_virtual = {v: ports[nid] for nid, v in virtual.items()}
+    for inner, outer, shift in step.ports:
+        ports[-1 - len(ports)] = (outer, shift)
+        gen._storage[inner.id] = -len(ports)
     # The step's own buffers.
-    storage = [gen.add_storage(shape, dt) for shape, dt in plan.buffer_specs]
-    for nid, b in plan.buffers.items():
+    storage = [gen.add_storage(shape, dt) for shape, dt in step.plan.buffer_specs]
+    for nid, b in step.plan.buffers.items():
         gen._storage.setdefault(nid, storage[b])
-    gen.plan.inline.update(plan.inline)
-    gen.plan.in_place.update(plan.in_place)
+    gen.plan.inline.update(step.plan.inline)
+    gen.plan.in_place.update(step.plan.in_place)
 
     # The step's kernels, once; then the calls of every step.
     first = len(gen.calls)
     outer_storage = gen._buffer_storage
     gen._buffer_storage = lambda b: storage[b]
-    for bk in plan.kernels:
+    for bk in step.plan.kernels:
         if bk.form == "view":
             continue
         if bk.form == "scan":
             raise CompileError(f"scan '{node.name}' (built at {node.where}): a scan inside a scan's step "
                                "is not supported on target 'cpu'")
-        ops = ", ".join(n.op.name for n in bk.nodes)
-        from .codegen import RUN_TIME_SIZES
-        bw = KernelWriter(gen, f"{bk.form} [{ops}]", sizes_at_run_time=bk.form in RUN_TIME_SIZES)
+        bw = KernelWriter(gen, f"{bk.form} [{', '.join(n.op.name for n in bk.nodes)}]",
+                          sizes_at_run_time=bk.form in RUN_TIME_SIZES)
         kernel_emitter(gen, bk, "cpu")(bk, bw)
         gen._call(bw, f"{k.name} step: {bk.describe()}", bk)
-    gen._copies(plan)
+    gen._copies(step.plan)
     gen._buffer_storage = outer_storage
     template = gen.calls[first:]
     del gen.calls[first:]
-    gen.repeats[first] = (T, len(template))
-    for i in range(T):
-        t = T - 1 - i if reverse else i
+    gen.repeats[first] = (step.steps, len(template))
+    for i in range(step.steps):
+        t = step.steps - 1 - i if step.reverse else i
         for idx, slots, sizes, describe, kern, _ in template:
             real, offsets = [], []
             for s in slots:
@@ -118,16 +90,16 @@ def scan_calls(gen, k):
                     real.append(s)
                     offsets.append((0, 0))
                     continue
-                port = by_virtual[s]
-                real.append(gen.storage_index(port.node))
-                if port.shift is None:
+                outer, shift = ports[s]
+                real.append(gen.storage_index(outer))
+                if shift is None:
                     offsets.append((0, 0))
                     continue
-                if port.node.kind == "input":
+                if outer.kind == "input":   # the runner writes inputs' addresses, without offsets
                     raise CompileError(f"scan '{node.name}': a stacked input must be a workspace buffer; "
                                        "this is a bpc bug")
-                a, b = _step_bytes(port.node)
-                offsets.append(((t + port.shift) * a, (t + port.shift) * b))
+                a, b = _step_bytes(outer)
+                offsets.append(((t + shift) * a, (t + shift) * b))
             gen.calls.append((idx, real, sizes, describe, kern, offsets))
 
 

@@ -38,7 +38,7 @@ get different arrays; seen as a rare wrong reduction).
 """
 import ast
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -74,7 +74,9 @@ class Generator:
 
     def __init__(self, program, plan, tile, simulator=False):
         from ...graph.traverse import topo_sort
-        self.program, self.plan = program, plan
+        # A copy whose inline constants and in-place updates a scan's step
+        # extends with its own (`scan.py`), leaving the backend's plan as it is.
+        self.program, self.plan = program, replace(plan, inline=dict(plan.inline), in_place=dict(plan.in_place))
         self.tile, self.simulator = tile, simulator
         order = topo_sort(plan.roots + [p for p, _ in program.updates])
         unused = [t for t in program.inputs if t.id not in {n.id for n in order}]
@@ -82,7 +84,7 @@ class Generator:
         self.names = Names(unused + order + bodies)
         # Leaves: params, state, constants; a scan's step adds the constants
         # its optimization made (its other leaves are the scan's inputs).
-        body_inline = {i for k in plan.kernels if k.body is not None for i in k.body[1].inline}
+        body_inline = {i for k in plan.kernels if k.body is not None for i in k.body.plan.inline}
         self.leaves = [n for n in order if n.op is None and n.kind != "input" and n.id not in plan.inline]
         self.leaves += list({n.id: n for n in bodies if n.kind == "constant" and n.id not in body_inline}.values())
         self.specs = []
