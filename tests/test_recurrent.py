@@ -115,3 +115,114 @@ def test_cells_name_wrong_shapes():
         cell(x, (h, h))
     assert [t.name for t in cell.params] == ["enc_weight_ih", "enc_weight_hh", "enc_bias_ih", "enc_bias_hh"]
     assert cell.weight_ih.shape == (12, 4) and cell.weight_hh.shape == (12, 3)
+
+
+# ----- layers over sequences (bpc.scan) -------------------------------------------
+
+LAYERS = {"rnn": nn.SimpleRNN, "lstm": nn.LSTM, "gru": nn.GRU}
+SEQ = 6
+
+
+def reference_layer(kind, layer, X, mask=None, reverse=False):
+    """NumPy: the cell's equations over the steps, the state frozen where
+    the mask is 0 (and the output zeroed there)."""
+    p = {k: t.value.astype(np.float64) for k, t in layer.named_params().items()}
+    N = X.shape[0]
+    h = np.zeros((N, HIDDEN))
+    state = (h, h) if kind == "lstm" else h
+    ys = [None] * X.shape[1]
+    for t in (reversed(range(X.shape[1])) if reverse else range(X.shape[1])):
+        new = np_cell(kind, p, X[:, t], state)
+        m = np.ones((N, 1)) if mask is None else mask[:, t:t + 1]
+        if kind == "lstm":
+            state = tuple(m * a + (1 - m) * b for a, b in zip(new, state))
+            ys[t] = m * new[0]
+        else:
+            state = m * new + (1 - m) * state
+            ys[t] = m * new
+    final = state[0] if kind == "lstm" else state
+    return np.stack(ys, axis=1), final
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_layers_match_numpy_and_gradients(kind, masked, target):
+    """Outputs of every step and the final state against NumPy (float64),
+    gradients against finite differences (interpret) or the interpreter."""
+    layer = LAYERS[kind](IN, HIDDEN, return_sequences=True, return_state=True, seed=3, dtype="float64",
+                        reverse=masked)
+    x = bpc.input("x", (None, SEQ, IN), dtype="float64")
+    mask = bpc.input("mask", (None, SEQ), dtype="float64") if masked else None
+    ys, state = layer(x, mask=mask)
+    final = state[0] if kind == "lstm" else state
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3, SEQ, IN))
+    M = (np.arange(SEQ)[None, :] < np.array([[6], [2], [4]])).astype(np.float64)
+    cost = bpc.sum(ys * bpc.constant(rng.normal(size=(SEQ, HIDDEN)))) + bpc.sum(final * final)
+    wrt = [x] + layer.params
+    inputs = [x, mask] if masked else [x]
+    feeds = [X, M] if masked else [X]
+    got = bpc.function(inputs, [ys, final, *bpc.grad(cost, wrt)], target=target)(*feeds)
+    want_ys, want_final = reference_layer(kind, layer, X, M if masked else None, reverse=masked)
+    np.testing.assert_allclose(got[0], want_ys, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[1], want_final, rtol=1e-10, atol=1e-12)
+    if target == "interpret":
+        report = bpc.check_grad(cost, wrt, dict(zip(inputs, feeds)))
+        assert report.ok, report
+    else:
+        want = bpc.function(inputs, bpc.grad(cost, wrt), target="interpret")(*feeds)
+        for g, w in zip(got[2:], want):
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_masked_final_state_is_the_state_at_each_sequences_last_step():
+    """Padding after a sequence's end leaves its final state as the state
+    after its last real step (PyTorch's packed sequences)."""
+    layer = nn.LSTM(IN, HIDDEN, seed=5, dtype="float64")
+    x = bpc.input("x", (None, SEQ, IN), dtype="float64")
+    mask = bpc.input("mask", (None, SEQ), dtype="float64")
+    padded = bpc.function([x, mask], layer(x, mask=mask), target="cpu")
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(2, SEQ, IN))
+    for length in (1, 3, SEQ):
+        M = np.zeros((2, SEQ))
+        M[:, :length] = 1.0
+        short = bpc.input("s", (None, length, IN), dtype="float64")
+        want = bpc.function([short], layer(short), target="interpret")(X[:, :length])
+        np.testing.assert_allclose(padded(X, M), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layers_match_pytorch_with_the_same_weights(kind):
+    """float32 outputs of every step and the gradients (input and every
+    weight) against torch.nn.{RNN,LSTM,GRU} (batch_first) loaded with the
+    same parameters, to 1e-5."""
+    torch = pytest.importorskip("torch")
+    layer = LAYERS[kind](IN, HIDDEN, return_sequences=True, seed=7)
+    x = bpc.input("x", (None, SEQ, IN))
+    ys = layer(x)
+    rng = np.random.default_rng(8)
+    X, W = rng.normal(size=(4, SEQ, IN)).astype(np.float32), rng.normal(size=(SEQ, HIDDEN)).astype(np.float32)
+    wrt = [x] + layer.params
+    got = bpc.function([x], [ys, *bpc.grad(bpc.sum(ys * W), wrt)], target="cpu")(X)
+    tlayer = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](IN, HIDDEN, batch_first=True)
+    with torch.no_grad():
+        for key, t in layer.named_params().items():
+            getattr(tlayer, f"{key}_l0").copy_(torch.from_numpy(t.value))
+    tx = torch.tensor(X, requires_grad=True)
+    tys, _ = tlayer(tx)
+    (tys * torch.from_numpy(W)).sum().backward()
+    want = [tys.detach().numpy(), tx.grad.numpy()] + [getattr(tlayer, f"{key}_l0").grad.numpy()
+                                                       for key in layer.named_params()]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_name_wrong_inputs():
+    layer = nn.GRU(IN, HIDDEN, name="enc")
+    with pytest.raises(bpc.ShapeError, match=r"GRU 'enc' expects sequences \(batch, time, 4\), got 'x' of shape \(N, 4\)"):
+        layer(bpc.input("x", (None, IN)))
+    x = bpc.input("x", (None, SEQ, IN))
+    with pytest.raises(bpc.ShapeError, match=r"GRU 'enc': the mask must be \(batch, time\) = \(N, 6\)"):
+        layer(x, mask=bpc.input("m", (None, SEQ + 1)))
+    assert [t.name for t in layer.params] == ["enc_weight_ih", "enc_weight_hh", "enc_bias_ih", "enc_bias_hh"]

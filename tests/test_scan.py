@@ -200,3 +200,114 @@ def test_scan_forward_and_gradient_float64(case, target):
 
 def test_scan_float32_agrees_with_float64(target):
     check_float32([c for c in CASES if c.float32], target)
+
+
+# ----- errors -------------------------------------------------------------------------
+
+def _rnn_graph(steps=T):
+    x = bpc.input("x", (None, steps, D))
+    w = bpc.param("w", (D, H), seed=0)
+    u = bpc.param("u", (H, H), seed=1)
+    h0 = bpc.broadcast_to(bpc.constant(0.0, dtype="float32"), (None, H))
+    return x, [w, u], _rnn(x, h0, w, u)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda x, h: bpc.scan(lambda c, xt: c, h, x), r"step must return \(new carry, y_t\), a pair"),
+    (lambda x, h: bpc.scan(lambda c, xt: ((c, c), None), h, x), r"step returned 2 carries, init has 1"),
+    (lambda x, h: bpc.scan(lambda c, xt: (bpc.sum(c, axis=1), None), h, x),
+     r"the carry must keep its shape and dtype: carry 0 is float32\(N, 5\), step returned float32\(N,\)"),
+    (lambda x, h: bpc.scan(lambda c, xt: (c, None), h, x, axis=0),
+     r"the time axis \(0\) of xs\[0\] is the batch dimension"),
+    (lambda x, h: bpc.scan(lambda c, xt: (c, None), h, x, length=T + 1), r"xs\[0\] has 4 steps along axis 1, expected 5"),
+    (lambda x, h: bpc.scan(lambda c, xt: (c, None), h), r"without xs, scan needs length"),
+    (lambda x, h: bpc.scan(lambda c, xt: (c, None), h, x, axis=3), r"xs\[0\] of shape \(N, 4, 3\) has no axis 3"),
+    (lambda x, h: bpc.scan(lambda c, xt: (c, None), (), x), r"init must hold at least one tensor"),
+])
+def test_scan_errors_name_the_problem(build, message):
+    x = bpc.input("x", (None, T, D))
+    h = bpc.input("h", (None, H))
+    with pytest.raises(bpc.ShapeError, match=message):
+        build(x, h)
+
+
+def test_second_order_gradients_through_scan_say_so():
+    x, (w, u), (h, ys) = _rnn_graph()
+    gw = bpc.grad(bpc.sum(h), w)
+    with pytest.raises(bpc.ShapeError, match="second-order gradients through bpc.scan"):
+        bpc.grad(bpc.sum(gw * gw), u)
+
+
+# ----- what is compiled -----------------------------------------------------------------
+
+def _lstm_step_function(steps):
+    """An LSTM training step (SGD) over `steps` time steps, on cpu."""
+    layer = bpc.nn.LSTM(D, H, seed=0)
+    x = bpc.input("x", (None, steps, D))
+    loss = bpc.mean(layer(x) ** 2)
+    grads = bpc.grad(loss, layer.params)
+    return bpc.function([x], loss, updates={p: p - 0.1 * g for p, g in zip(layer.params, grads)}, target="cpu")
+
+
+def test_the_step_compiles_once_whatever_the_length():
+    """The kernels of a scan's step are compiled once and called once per
+    time step: 4 and 40 steps run the same compiled step kernels (the loops
+    outside the scan keep their sizes in the source, like any loop over
+    activations), and the number of modules does not grow with the length."""
+    short, long = _lstm_step_function(4), _lstm_step_function(40)
+
+    def step_modules(f):
+        return {m for m, d in zip(f.backend.call_modules, f.backend.call_describes) if " step: " in d}
+    assert step_modules(short) == step_modules(long) and len(step_modules(short)) >= 4
+    assert len(short.backend.kernel_sources) == len(long.backend.kernel_sources)
+    assert "run 40 times" in long.backend.source and "run 4 times" in short.backend.source
+    assert len(long.backend.call_describes) > len(short.backend.call_describes)
+    rng = np.random.default_rng(0)
+    for f, steps in ((short, 4), (long, 40)):
+        assert np.isfinite(f(rng.normal(size=(3, steps, D)).astype(np.float32)))
+
+
+def test_the_backward_step_reads_the_saved_gates():
+    """The gradient's step reads the values the forward step saved: it
+    computes no sigmoid or tanh of its own, and only the chain rule's
+    products (h's gradient, and the sums of x_tᵀ g and hᵀ g)."""
+    from bpc.passes import optimize
+    from bpc.passes.fuse import plan
+    from bpc.function import Program
+    x, _, (h, ys) = _lstm_graph_for_plan()
+    layer_params = [n for n in bpc.graph.traverse.topo_sort([h]) if n.kind == "param"]
+    grads = bpc.grad(bpc.sum(h * h), layer_params)
+    outs, updates, _ = optimize(grads)
+    steps = [k.body for k in plan(Program([x], outs, updates)).kernels if k.form == "scan"]
+    assert len(steps) == 2
+    forward, backward = steps
+    ops_of = lambda step: [n.op.name for k in step.plan.kernels for n in k.nodes]
+    assert {"sigmoid", "tanh"} <= set(ops_of(forward))
+    assert not {"sigmoid", "tanh", "exp"} & set(ops_of(backward))
+    assert ops_of(backward).count("matmul") == 3
+
+
+def _lstm_graph_for_plan():
+    x = bpc.input("x", (None, T, D))
+    w = bpc.param("w", (D, 4 * H), seed=0)
+    u = bpc.param("u", (H, 4 * H), seed=1)
+    h0 = bpc.broadcast_to(bpc.constant(0.0, dtype="float32"), (None, H))
+    h, c, ys = _lstm(x, h0, w, u)
+    return x, (w, u), (h, ys)
+
+
+def test_outputs_no_one_reads_are_not_computed():
+    from bpc.passes.fuse import plan
+    from bpc.function import Program
+    x, _, (h, ys) = _rnn_graph()
+    (step,) = [k.body for k in plan(Program([x], [h], [])).kernels if k.form == "scan"]
+    assert len(step.program.outputs) == 1        # the new carry; the unread ys are not written
+    (step,) = [k.body for k in plan(Program([x], [h, ys], [])).kernels if k.form == "scan"]
+    assert len(step.program.outputs) == 2
+
+
+def test_to_text_lists_the_step_under_the_scan():
+    x, (w, u), (h, ys) = _rnn_graph()
+    text = bpc.to_text(bpc.grad(bpc.sum(h), u))
+    assert "= scan " in text and "step, run 4 times:" in text and "step, run 4 times in reverse:" in text
+    assert "step returns: new carries" in text and "summed grad_sum" in text
