@@ -68,10 +68,13 @@ def build_training_graph(model, X, Y, loss="softmax_cross_entropy", l2=0.0):
 class EarlyStopping:
     """Stop when `monitor` (default "val_loss", or "loss" without validation
     data) has not improved by more than `min_delta` for `patience` epochs.
-    Losses improve by going down, other metrics (accuracy...) by going up."""
+    Losses improve by going down, other metrics (accuracy...) by going up.
+    With `restore_best`, `fit` ends with the model's parameters as they
+    were after the best epoch (the optimizer's state is the last one)."""
     patience: int = 5
     monitor: str = None
     min_delta: float = 0.0
+    restore_best: bool = False
     best: float = field(default=math.inf, init=False)   # in "lower is better" units
     best_epoch: int = field(default=-1, init=False)
     wait: int = field(default=0, init=False)
@@ -107,6 +110,7 @@ class History:
     epochs_run: int = 0
     stopped_early: bool = False
     best_epoch: int = None
+    best_params: dict = field(default=None, repr=False)   # EarlyStopping(restore_best=True): the best epoch's
 
     def __getitem__(self, key):
         return self.history[key]
@@ -183,6 +187,9 @@ def fit(model, X, Y, epochs=10, batch_size=32, optimizer="adam", loss="softmax_c
         if stop:
             history.stopped_early = True
             break
+    if history.best_params is not None and history.best_epoch != history.epochs_run - 1:
+        for key, p in history.model.named_params().items():
+            p.value = history.best_params[key]
     return history
 
 
@@ -341,6 +348,8 @@ def _end_epoch(history, stopper, values, epoch):
         return False
     stop = stopper.update(values[stopper.monitor], epoch)
     history.best_epoch = stopper.best_epoch
+    if stopper.restore_best and stopper.best_epoch == epoch:
+        history.best_params = {k: np.array(p.value) for k, p in history.model.named_params().items()}
     return stop
 
 

@@ -312,6 +312,7 @@ PTX_SCRIPT = textwrap.dedent("""
         "less_equal": lambda: x <= 0.5, "greater": lambda: x > y, "greater_equal": lambda: x >= y,
         "cast": lambda: bpc.cast(bpc.cast(x * 10.0, "int32"), "float32") + bpc.cast(k, "float32"),
         "broadcast_to": lambda: bpc.broadcast_to(v, (None, 6)) * x,
+        "materialize": lambda: bpc.ops.scan_materialize(x * y),
     }
     from bpc.ops import OPS
     assert set(builders) == {n for n, op in OPS.items() if op.iteration == "elementwise"}, "an op is missing here"
@@ -341,6 +342,12 @@ PTX_SCRIPT = textwrap.dedent("""
     joined = bpc.concat([vecs[:, 1:, ::2], vecs[:, :-1, 1::2]], axis=2)
     graphs["indexing"] = bpc.function(
         [tokens], [joined, *bpc.grad(bpc.sum(joined * joined), [table])], target="interpret")
+    # A scan: an LSTM's training step (the loop's step kernels, the backward
+    # scan's gradient sums).
+    lstm = bpc.nn.LSTM(6, 5, seed=7)
+    lstm_loss = bpc.mean(lstm(seq) ** 2)
+    graphs["lstm_sgd_step"] = bpc.function([seq], lstm_loss, updates=bpc.optim.SGD(lr=0.1).updates(lstm_loss, lstm.params),
+                                           target="interpret")
     counter = bpc.param("counter", np.zeros(3, np.float32))
     graphs["deferred_update"] = bpc.function([logits], counter + 1.0, updates={counter: counter + 1.0},
                                              target="interpret")

@@ -79,6 +79,21 @@ def test_early_stopping_stops(target):
     assert h.stopped_early and h.epochs_run == 3 and len(h["loss"]) == 3 and h.best_epoch == 0
 
 
+def test_early_stopping_can_restore_the_best_epochs_parameters():
+    """A learning rate far too high makes val_loss climb after the first
+    epochs; with restore_best the model ends with the best epoch's
+    parameters (its validation loss is the best one recorded)."""
+    stopper = bpc.train.EarlyStopping(2, restore_best=True)
+    model, _, h = train("interpret", lr=0.4, epochs=12, early_stopping=stopper)
+    assert h.best_epoch < h.epochs_run - 1, h["val_loss"]
+    X, Y = blobs()
+    _, Xv, _, Yv = bpc.data.train_test_split(X, Y, 0.25, seed=0, stratify=True)
+    logits = model.predict(Xv, target="interpret")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    loss = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(Yv)), Yv])
+    assert loss == pytest.approx(min(h["val_loss"]), rel=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy's overflow warnings on the way to inf
 def test_a_diverging_run_raises(target):
     with pytest.raises(FloatingPointError, match="the loss became .* try a smaller learning rate"):
