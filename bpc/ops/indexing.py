@@ -1,11 +1,13 @@
 """Indexing ops: basic slicing (`x[:, 2:5]`, `x[..., 0]`, steps), concat,
 stack, split, and take (a gather: rows of an embedding table).
 
-Primitives, each with a kernel of its own on the compiled targets:
+Primitives:
   * `slice`: every axis taken as start + step * i for i < length (a whole
     axis is start 0, step 1); the batch axis is only ever taken whole;
   * `unslice`: its gradient, the values written at those positions of an
     array of zeros (whose own gradient is the slice again);
+  (these two run inside the loop kernels that read them, as reads at
+  mapped indices: `Op.gather`; the others have kernels of their own)
   * `concat`: inputs side by side along an axis (gradient: slices);
   * `take`: `table` rows (along `axis`) picked by integer ids, a zero row
     for an id outside [0, size) (take is `one_hot(ids) @ table`; when the
@@ -52,11 +54,42 @@ def _unslice_numpy(attrs, shape, g):
     return out
 
 
-_slice = Op("slice", "other", _slice_infer,
+def _slice_gather(attrs, idx):
+    """Element i of a slice is x[start + step * i] on every axis."""
+    return [i if n is None else _strided(i, s, st)
+            for i, s, st, n in zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"])], None
+
+
+def _unslice_gather(attrs, idx):
+    """Element i of unslice(g) is g[(i - start) / step] where that is a whole
+    number in range, else 0."""
+    src, conds = [], []
+    for i, s, st, n in zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"]):
+        if n is None:   # a whole (batch) axis
+            src.append(i)
+            continue
+        q = f"({i} - {s})" if s else i
+        if st == 1:
+            src.append(q)
+            conds.append(f"{q} >= 0 and {q} < {n}")
+        else:
+            src.append(f"({q} // {st})")
+            conds.append(f"{q} % {st} == 0 and {q} // {st} >= 0 and {q} // {st} < {n}")
+    return src, " and ".join(conds) or None
+
+
+def _strided(i, start, step):
+    term = i if step == 1 else f"{step} * {i}"
+    return term if start == 0 else f"{start} + {term}"
+
+
+# Both run inside the loop kernels that read them (`Op.gather`): a slice is a
+# read at shifted indices, its gradient a read where the slice was taken.
+_slice = Op("slice", "elementwise", _slice_infer,
             lambda attrs, shape, x: np.ascontiguousarray(x[_slice_index(attrs)]),
-            lambda n, g: (_unslice(g, shape=n.inputs[0].shape, **_geometry(n)),))
-_unslice = Op("unslice", "other", _unslice_infer, _unslice_numpy,
-              lambda n, g: (_slice(g, **_geometry(n)),))
+            lambda n, g: (_unslice(g, shape=n.inputs[0].shape, **_geometry(n)),), gather=_slice_gather)
+_unslice = Op("unslice", "elementwise", _unslice_infer, _unslice_numpy,
+              lambda n, g: (_slice(g, **_geometry(n)),), gather=_unslice_gather)
 
 
 def _geometry(n):

@@ -127,6 +127,10 @@ class _Groups:
                 sum(m.op.iteration == "reduce" for m in members) > MAX_KERNEL_REDUCTIONS:
             return False
         member_ids = {m.id for m in members}
+        # A member that gathers (a slice) reads its input's buffer at other
+        # indices than its own: that input cannot be computed in the same loop.
+        if any(m.op.gather is not None and m.inputs[0].id in member_ids for m in members):
+            return False
         outside = set()
         for m in members:
             for i in m.inputs:
@@ -162,7 +166,8 @@ class _Groups:
     def candidates(self, n, shape, reduce_axes):
         """Groups node n could join: those of its inputs (the reduced input,
         for a reduction) over the same iteration shape and compatible axes."""
-        pool = [n.inputs[0]] if reduce_axes is not None else n.inputs
+        # A gathering member (a slice) starts a loop of its own; its readers join it.
+        pool = [] if n.op.gather is not None else [n.inputs[0]] if reduce_axes is not None else n.inputs
         cands = set()
         for i in pool:
             if i.id in self.group_of:
@@ -486,7 +491,8 @@ def _product_update(k, vid, param, inline):
         return next(i for i in mul.inputs if i.id not in inline), -c
     if len(k.nodes) == 1:
         (add,) = k.nodes
-        if add.id != vid or add.op.name != "add" or param not in add.inputs or add.inputs[0] is add.inputs[1]:
+        if add.id != vid or add.op.name != "add" or not any(i is param for i in add.inputs) \
+                or add.inputs[0] is add.inputs[1]:
             return None
         return next(i for i in add.inputs if i is not param), 1.0
     return None

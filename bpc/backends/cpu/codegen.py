@@ -52,10 +52,10 @@ FASTMATH = "{" + ", ".join(map(repr, FASTMATH_FLAGS)) + "}"   # as source text, 
 PARALLEL = "{'fusion': False}"
 VARIANTS = ("serial", "parallel")
 
-# Kernel forms whose sizes (and slice starts, offsets...) are read from the
-# sizes table at run time: one compiled module serves every product, slice,
-# concat or gather of a structure (a model's four gate slices, a test's ten).
-RUN_TIME_SIZES = ("matmul", "slice", "unslice", "concat", "take", "take_grad")
+# Kernel forms whose sizes (and offsets) are read from the sizes table at
+# run time: one compiled module serves every product, concat or gather of a
+# structure. (Slices run inside the loops that read them.)
+RUN_TIME_SIZES = ("matmul", "concat", "take", "take_grad")
 # A reduction over leading axes cuts its rows into at most COLUMN_PARTS parts
 # of at least COLUMN_PART_ROWS rows (`_column_loops`).
 COLUMN_PARTS, COLUMN_PART_ROWS = 16, 16
@@ -548,7 +548,8 @@ class Generator:
         # parallel loops cannot index 0-d arrays anyway.
         for m in k.nodes:
             for i in m.inputs:
-                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
+                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape) \
+                        and m.op.gather is None:
                     self._value(i, w, ids, loaded, 1, index)
         # Reductions over leading axes only that keep the rest: in memory order.
         columns = bool(reductions) and axes == tuple(range(len(axes))) and len(axes) < len(shape) \
@@ -560,9 +561,15 @@ class Generator:
                 for rel, line in accumulate(m, acc(m), x):
                     w.emit(line, depth + rel)
                 continue
-            args = [self._value(i, w, ids, loaded, depth, index) for i in m.inputs]
             name = w.local(m)
-            w.emit(f"{name} = {m.op.scalar(ScalarContext(m, rational_tanh=True), *args)}", depth)
+            if m.op.gather is not None:   # a read of its input elsewhere (a slice)
+                src, cond = m.op.gather(m.attrs, [f"i{a}" for a in range(len(k.shape))])
+                value = f"{w.array(m.inputs[0])}[{', '.join(src) or '()'}]"
+                w.emit(f"{name} = {value}" if cond is None else
+                       f"{name} = {value} if {cond} else {typed_const(0, m.dtype)}", depth)
+            else:
+                args = [self._value(i, w, ids, loaded, depth, index) for i in m.inputs]
+                w.emit(f"{name} = {m.op.scalar(ScalarContext(m, rational_tanh=True), *args)}", depth)
             if m.id in self.plan.in_place or m.id in stored:
                 store = f"{w.array(m)}[{index(m)}] = {name}"
                 if m.id in self.plan.in_place:

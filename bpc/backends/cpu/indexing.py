@@ -1,8 +1,9 @@
-"""CPU kernels of the indexing ops (`bpc/ops/indexing.py`): plain loop
+"""CPU kernels of the indexing ops (`bpc/ops/indexing.py`) that have kernels
+of their own (slices run inside the loops that read them): plain loop
 nests over the result (or, for the scatter-add, over the ids), one index
-expression per axis. Sizes, starts, steps and offsets come from the sizes
-table (`RUN_TIME_SIZES` in codegen.py), so every slice of one rank and
-dtype runs the same compiled kernel."""
+expression per axis. Sizes and offsets come from the sizes table
+(`RUN_TIME_SIZES` in codegen.py), so every concat or take of one structure
+runs the same compiled kernel."""
 
 
 def _loops(w, shape, depth=1, var="i"):
@@ -13,35 +14,8 @@ def _loops(w, shape, depth=1, var="i"):
     return depth
 
 
-def _strided(w, var, start, step):
-    return f"{w.value(start)} + {w.value(step)} * {var}"
-
-
 def _at(arr, idx):
     return f"{arr}[{', '.join(idx)}]" if idx else f"{arr}[()]"
-
-
-def _slice_index(w, n):
-    return [f"i{a}" if length is None else _strided(w, f"i{a}", s, st)
-            for a, (s, st, length) in enumerate(zip(n.attrs["starts"], n.attrs["steps"], n.attrs["lengths"]))]
-
-
-def emit_slice(gen, k, w):
-    """out[i] = x[start + step * i] on every axis."""
-    n = k.node
-    out, x = w.array(n), w.array(n.inputs[0])
-    depth = _loops(w, n.shape)
-    w.emit(f"{_at(out, [f'i{a}' for a in range(n.ndim)])} = {_at(x, _slice_index(w, n))}", depth)
-
-
-def emit_unslice(gen, k, w):
-    """Zeros, then g written at the slice's positions."""
-    n = k.node
-    g = n.inputs[0]
-    out, ga = w.array(n), w.array(g)
-    w.emit(f"{out}[...] = 0", 1)
-    depth = _loops(w, g.shape)
-    w.emit(f"{_at(out, _slice_index(w, n))} = {_at(ga, [f'i{a}' for a in range(g.ndim)])}", depth)
 
 
 def emit_concat(gen, k, w):

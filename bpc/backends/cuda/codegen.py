@@ -233,7 +233,8 @@ class Generator:
         # Loop-invariant operands (all dims 1) are read once, before the loops.
         for m in k.nodes:
             for i in m.inputs:
-                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape):
+                if i.id not in ids and i.id not in self.plan.inline and all(d == 1 for d in i.shape) \
+                        and m.op.gather is None:
                     self._value(i, k, ids, loaded, 1)
         if not reductions:
             total = size_expr(shape)
@@ -328,8 +329,14 @@ class Generator:
                 for rel, line in accumulate(m, f"acc_{self.names[m]}", v):
                     self.emit(line, depth + rel)
                 continue
-            args = [self._value(i, k, ids, loaded, depth) for i in m.inputs]
-            self.emit(f"e_{self.names[m]} = {m.op.scalar(ScalarContext(m), *args)}", depth)
+            if m.op.gather is not None:   # a read of its input elsewhere (a slice)
+                src, cond = m.op.gather(m.attrs, operand_axes(m.shape, k.shape))
+                value = self.read(m.inputs[0], src)
+                self.emit(f"e_{self.names[m]} = {value}" if cond is None else
+                          f"e_{self.names[m]} = {value} if {cond} else {typed_const(0, m.dtype)}", depth)
+            else:
+                args = [self._value(i, k, ids, loaded, depth) for i in m.inputs]
+                self.emit(f"e_{self.names[m]} = {m.op.scalar(ScalarContext(m), *args)}", depth)
             if m.id in stored:
                 self.emit(self.write(m, operand_axes(m.shape, k.shape), f"e_{self.names[m]}"), depth)
 

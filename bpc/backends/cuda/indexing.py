@@ -1,7 +1,7 @@
-"""CUDA kernels of the indexing ops (`bpc/ops/indexing.py`): one thread per
+"""CUDA kernels of the indexing ops (`bpc/ops/indexing.py`) that have kernels
+of their own (slices run inside the loops that read them): one thread per
 element of the result, grid-stride, each element gathered from where it
-comes from (the slice's gradient checks whether its position lies on the
-slice). The scatter-add of take's gradient is the exception: a kernel
+comes from. The scatter-add of take's gradient is the exception: a kernel
 zeroes the table's gradient, a second adds each row at its id with atomic
 adds (ids may repeat; the order of the additions, and so the last bits of
 a sum, can differ from run to run, as in other GPU frameworks).
@@ -13,39 +13,6 @@ def _threads(gen, shape, var="i"):
     gen._grid_stride("t", size_expr(shape), 1)
     gen._split("t", range(len(shape)), shape, 2)
     return [f"i{a}" for a in range(len(shape))]
-
-
-def _strided(var, start, step):
-    term = var if step == 1 else f"{step} * {var}"
-    return term if start == 0 else f"{start} + {term}"
-
-
-def emit_slice(gen, k, describe):
-    n = k.node
-    idx = _threads(gen, n.shape)
-    src = [_strided(i, s, st) for i, s, st in zip(idx, n.attrs["starts"], n.attrs["steps"])]
-    gen.emit(gen.write(n, idx, gen.read(n.inputs[0], src)), 2)
-    return gen._finish("slice", {"total": n.shape}, describe)
-
-
-def emit_unslice(gen, k, describe):
-    """Element i is g[(i - start) / step] where that is whole and in range, else 0."""
-    n = k.node
-    g = n.inputs[0]
-    idx = _threads(gen, n.shape)
-    conds, src = [], []
-    for a, (i, s, st, length) in enumerate(zip(idx, n.attrs["starts"], n.attrs["steps"], n.attrs["lengths"])):
-        if length is None:   # a whole (batch) axis
-            src.append(i)
-            continue
-        gen.emit(f"q{a} = ({i} - {s}) // {st}", 2)
-        conds.append(f"q{a} * {st} == {i} - {s} and q{a} >= 0 and q{a} < {length}")
-        src.append(f"q{a}")
-    value = gen.read(g, src)
-    if conds:
-        value = f"{value} if {' and '.join(conds)} else {n.dtype.name}(0)"
-    gen.emit(gen.write(n, idx, value), 2)
-    return gen._finish("unslice", {"total": n.shape}, describe)
 
 
 def emit_concat(gen, k, describe):
