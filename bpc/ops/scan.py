@@ -402,6 +402,20 @@ def _saved_values(body):
     return [original[n.id] for n in frontier if n.id not in outputs]
 
 
+def _is_transposed_copy(z):
+    """Whether z is a matrix transposed and copied before the loop
+    (`_transposed_closures`)."""
+    return (z.op is materialize and z.ndim == 2 and z.inputs[0].op is not None
+            and z.inputs[0].op.name == "transpose" and z.inputs[0].attrs["axes"] == (1, 0))
+
+
+def _transposed(g):
+    """gᵀ, as the product of the transposes where g is a product."""
+    from .structural import _product_transposed
+    flipped = _product_transposed(g)
+    return flipped if flipped is not None else transpose(g)
+
+
 def _backward_scan(node, g_parts, needed):
     """Gradients of a scan's inputs (inits, xs, closures) given those of its
     results (None: no gradient flows from that result); `needed` says which
@@ -451,8 +465,13 @@ def _backward_scan(node, g_parts, needed):
     grads, closures = _transposed_closures(grads, list(zip(zs, fwd.closures_in)), keep=True)
     extra = closures[len(zs):]
     g_cin, g_x, g_z = grads[:K], grads[K:K + len(wrt_x)], grads[K + len(wrt_x):]
-    accumulators = [Tensor("state", fwd.closures_in[m].shape, fwd.closures_in[m].dtype, name=f"grad_sum{m}")
-                    for m in wrt_z]
+    # A closure that is a weight transposed before the loop (W_hhᵀ) sums its
+    # gradient in the weight's own layout (gᵀ h rather than (hᵀ g)ᵀ), so the
+    # weight's update reads it in order.
+    flip = [_is_transposed_copy(zs[m]) for m in wrt_z]
+    accumulators = [Tensor("state", fwd.closures_in[m].shape[::-1] if f else fwd.closures_in[m].shape,
+                           fwd.closures_in[m].dtype, name=f"grad_sum{m}") for m, f in zip(wrt_z, flip)]
+    g_z = [_transposed(g) if f else g for g, f in zip(g_z, flip)]
     extra_xs = [g for g in g_h if g is not None] + [g for g in g_y if g is not None]
     bwd = Body(g_carry, fwd.carry_in + fwd.xs_in + extra_xs + [p for p, _ in reads],
                fwd.closures_in + [ph for _, ph in extra], g_cin, g_x, [(a, a + g) for a, g in zip(accumulators, g_z)])
@@ -477,8 +496,8 @@ def _backward_scan(node, g_parts, needed):
     for j, gx in zip(wrt_x, bparts[K:K + len(wrt_x)]):
         g_xs[j] = gx
     g_zs = [None] * len(zs)
-    for m, acc in zip(wrt_z, bparts[K + len(wrt_x):]):
-        g_zs[m] = acc
+    for m, acc, f in zip(wrt_z, bparts[K + len(wrt_x):], flip):
+        g_zs[m] = transpose(acc) if f else acc
     return tuple(out + g_xs + g_zs)
 
 
