@@ -19,9 +19,13 @@ writing the stacks in place (each step's slice of a time-major stack is one
 contiguous block), so the body compiles once whatever T is.
 
 The gradient of a scan is a reverse scan whose body is the chain rule of
-the forward body (`bpc.grad` of it, built by the same `autodiff`), reading
-the stacked carries the forward scan saved; the weights' gradients are its
-accumulators.
+the forward body (`autodiff.backprop` of it), reading what the forward scan
+stacked: the carries, the outputs, and the values of the step that the
+chain rule reads (an LSTM's gates: found when the scan is built, and
+stacked as extra outputs), so the backward step computes none of the
+forward step again; the closures' gradients are its accumulators. A
+closure that a product reads transposed (h @ W_hhᵀ) is transposed once
+before the loop, and its gradient summed in the weight's own layout.
 """
 import numpy as np
 
@@ -97,9 +101,6 @@ class Body:
                     new_roots[:k], new_roots[k:n_out], acc, saved=self.saved)
         return body, mapping
 
-    def describe(self):
-        return (f"{len(self.carry_in)} carries, {len(self.xs_in)} inputs, {len(self.closures_in)} closures, "
-                f"{len(self.ys)} outputs" + (f", {len(self.accumulate)} accumulators" if self.accumulate else ""))
 
 
 def _copy_node(n, inputs, always=False):
@@ -225,11 +226,10 @@ def _resolve(shape, batch):
     return tuple(batch if d is None else d for d in shape)
 
 
-def _scan_grad(node, g_parts, needed):
-    return _backward_scan(node, g_parts, needed)
-
-
-_scan = Op("scan", "other", _scan_infer, _scan_numpy, _scan_grad, kernel="scan", pure=False,
+# A multi-result node: autodiff calls its gradient rule with the gradients of
+# its results and which inputs need one (`autodiff.backprop`).
+_scan = Op("scan", "other", _scan_infer, _scan_numpy, lambda node, g_parts, needed: _backward_scan(node, g_parts, needed),
+           kernel="scan", pure=False,
            doc="A loop over time; its results are taken by scan_out.")
 
 
@@ -267,7 +267,7 @@ def _make_scan(body, inits, xs, closures, length, reverse, shifts):
 
 # ----- the public function --------------------------------------------------------------
 
-def _flatten(obj, what):
+def _flatten(obj):
     """(list of tensors, rebuild function) of a tensor, tuple/list of tensors, or None."""
     if obj is None:
         return [], lambda items: None
@@ -292,8 +292,8 @@ def scan(step, init, xs=None, axis=1, length=None, reverse=False):
     """
     if not callable(step):
         raise TypeError(f"scan: step must be a function step(carry, x_t) -> (carry, y_t), got {step!r}")
-    carries, carry_struct = _flatten(init, "init")
-    seqs, seq_struct = _flatten(xs, "xs")
+    carries, carry_struct = _flatten(init)
+    seqs, seq_struct = _flatten(xs)
     with checking("scan", *[c for c in carries if isinstance(c, Tensor)],
                   *[x for x in seqs if isinstance(x, Tensor)]):
         carries = [lift(c) for c in carries]
@@ -325,8 +325,8 @@ def scan(step, init, xs=None, axis=1, length=None, reverse=False):
         raise ShapeError(f"scan: step must return (new carry, y_t), a pair; it returned {type(result).__name__}"
                          f" [step defined at {_where(step)}]")
     new_carry, y = result
-    new_carries, _ = _flatten(new_carry, "carry")
-    ys, y_struct = _flatten(y, "y")
+    new_carries, _ = _flatten(new_carry)
+    ys, y_struct = _flatten(y)
     if len(new_carries) != len(carries):
         raise ShapeError(f"scan: step returned {len(new_carries)} carries, init has {len(carries)} "
                          f"[step defined at {_where(step)}]")
