@@ -326,3 +326,22 @@ def test_to_text_lists_the_step_under_the_scan():
     text = bpc.to_text(bpc.grad(bpc.sum(h), u))
     assert "= scan " in text and "step, run 4 times:" in text and "step, run 4 times in reverse:" in text
     assert "step returns: new carries" in text and "summed grad_sum" in text
+
+
+def test_a_scan_inside_a_scan_runs_on_the_interpreter_and_says_so_elsewhere():
+    x = bpc.input("x", (None, T, D), dtype="float64")
+
+    def outer(s, xt):
+        inner, _ = bpc.scan(lambda c, _: (c * 0.5 + xt, None), s, None, length=2)
+        return inner, None
+    s, _ = bpc.scan(outer, x[:, 0] * 0.0, x)
+    X = np.random.default_rng(0).normal(size=(2, T, D))
+    want = np.zeros((2, D))
+    for t in range(T):
+        for _ in range(2):
+            want = want * 0.5 + X[:, t]
+    np.testing.assert_allclose(bpc.function([x], s, target="interpret")(X), want, rtol=1e-12)
+    report = bpc.check_grad(bpc.sum(s * s), [x], {x: X})
+    assert report.ok, report
+    with pytest.raises(bpc.CompileError, match="a scan inside a scan's step runs on target 'interpret' only"):
+        bpc.function([x], s, target="cpu")

@@ -384,7 +384,8 @@ def _chain_rule(fwd, seeds, wrt):
                 continue
             while i.op is not None and i.op.is_view:
                 i = i.inputs[0]
-            if i.op is not None and i.id in varies:
+            # (a scan inside the step is computed again: its results are its parts)
+            if i.op is not None and i.id in varies and not is_multi_output(i):
                 frontier.setdefault(i.id, i)
     return grads, list(frontier.values())
 

@@ -21,6 +21,7 @@ intermediates whose lifetimes do not overlap share memory.
 """
 from dataclasses import dataclass, field
 
+from ..errors import CompileError
 from ..graph.traverse import topo_sort, consumers
 from ..ops.scan import is_multi_output, materialize, parts_of, scan_out
 
@@ -327,6 +328,14 @@ def plan_step(node, parts, gemm_updates=False):
         seen.add(o.id)
         written.append(o)
     program = Program(body.inputs, written, updates, name="scan step", report=report)
+    step_plan = plan(program, gemm_updates)
+    if any(k.form == "scan" for k in step_plan.kernels):
+        raise CompileError(f"scan '{node.name}' (built at {node.where}): a scan inside a scan's step runs on "
+                           "target 'interpret' only")
+    for t in node.inputs:   # the step's ports point into these buffers
+        if _base(t) is not t or (t.kind == "constant" and t.shape == ()):
+            raise AssertionError(f"scan '{node.name}' reads '{t.name}', which has no buffer of its own "
+                                 "(scan inputs are materialized when the scan is built)")
     xs, zs = node.inputs[K:K + J], node.inputs[K + J:]
     read, wrote = (1, 0) if reverse else (0, 1)
     ports = ([(p, h, read) for p, h in zip(body.carry_in, parts)]
@@ -335,7 +344,7 @@ def plan_step(node, parts, gemm_updates=False):
              + [(o, parts[K + l], 0) for o, l in zip(written[K:], keep)]
              + [(p, z, None) for p, z in zip(body.closures_in, zs)]
              + [(a, acc, None) for (a, _), acc in zip(body.accumulate, parts[K + L:])])
-    return Step(program, plan(program, gemm_updates), ports, list(zip(parts[:K], node.inputs[:K])),
+    return Step(program, step_plan, ports, list(zip(parts[:K], node.inputs[:K])),
                 parts[K + L:], T if reverse else 0, T, reverse, [p for p in parts if p is not None])
 
 

@@ -31,12 +31,8 @@ def _step_bytes(stack):
 def scan_calls(gen, k):
     """Append the calls of scan kernel k (its `passes.fuse.Step`) to the generator's calls."""
     from .codegen import KernelWriter, RUN_TIME_SIZES
-    from ..lowering import kernel_emitter, view_chain
+    from ..lowering import kernel_emitter
     node, step = k.node, k.body
-    for t in node.inputs:
-        if view_chain(t)[-1] is not t or t.id in gen.plan.inline:
-            raise CompileError(f"scan '{node.name}' (built at {node.where}) reads '{t.name}', which has no "
-                               "buffer of its own; this is a bpc bug (scan inputs are materialized)")
 
     # The setup: initial carries into their stack entry, gradient sums zeroed.
     w = KernelWriter(gen, f"scan setup [{len(step.inits)} carries, {len(step.sums)} sums]", sizes_at_run_time=True)
@@ -69,9 +65,6 @@ def scan_calls(gen, k):
     for bk in step.plan.kernels:
         if bk.form == "view":
             continue
-        if bk.form == "scan":
-            raise CompileError(f"scan '{node.name}' (built at {node.where}): a scan inside a scan's step "
-                               "is not supported on target 'cpu'")
         bw = KernelWriter(gen, f"{bk.form} [{', '.join(n.op.name for n in bk.nodes)}]",
                           sizes_at_run_time=bk.form in RUN_TIME_SIZES)
         kernel_emitter(gen, bk, "cpu")(bk, bw)

@@ -12,8 +12,7 @@ A scan kernel of the plan becomes launches of:
 """
 from dataclasses import dataclass
 
-from ...errors import CompileError
-from ..lowering import size_expr, view_chain
+from ..lowering import size_expr
 
 
 @dataclass
@@ -32,11 +31,7 @@ def scan_launches(gen, k, count):
     """Generate the launches of scan kernel k (its `passes.fuse.Step`);
     returns (listing lines, the count of kernels named so far)."""
     from ..lowering import kernel_emitter
-    node, step = k.node, k.body
-    for t in node.inputs:
-        if view_chain(t)[-1] is not t or t.id in gen.plan.inline:
-            raise CompileError(f"scan '{node.name}' (built at {node.where}) reads '{t.name}', which has no "
-                               "buffer of its own; this is a bpc bug (scan inputs are materialized)")
+    step = k.body
     out = []
     for h, c in step.inits:
         gen._start(f"k{count}_scan_init", [h])
@@ -70,9 +65,6 @@ def scan_launches(gen, k, count):
     for bk in step.plan.kernels:
         if bk.form == "view":
             continue
-        if bk.form == "scan":
-            raise CompileError(f"scan '{node.name}' (built at {node.where}): a scan inside a scan's step "
-                               "is not supported on target 'cuda'")
         gen._start(f"k{count}_step_{gen.names[bk.nodes[-1]]}", bk.nodes)
         count += 1
         describe = f"{gen._kernel_name}: {bk.form} [{', '.join(n.op.name for n in bk.nodes)}]"
