@@ -344,12 +344,12 @@ PTX_SCRIPT = textwrap.dedent("""
     joined = bpc.concat([vecs[:, 1:, ::2], vecs[:, :-1, 1::2]], axis=2)
     graphs["indexing"] = bpc.function(
         [tokens], [joined, *bpc.grad(bpc.sum(joined * joined), [table])], target="interpret")
-    # A scan: an LSTM's training step (the loop's step kernels, the backward
-    # scan's gradient sums).
-    lstm = bpc.nn.LSTM(6, 5, seed=7)
-    lstm_loss = bpc.mean(lstm(seq) ** 2)
-    graphs["lstm_sgd_step"] = bpc.function([seq], lstm_loss, updates=bpc.optim.SGD(lr=0.1).updates(lstm_loss, lstm.params),
-                                           target="interpret")
+    # A scan: a recurrent layer's training step (the step's kernels, the
+    # setup copies, the backward scan's gradient sums).
+    rnn = bpc.nn.SimpleRNN(6, 5, seed=7)
+    rnn_loss = bpc.mean(rnn(seq) ** 2)
+    graphs["rnn_sgd_step"] = bpc.function([seq], rnn_loss, updates=bpc.optim.SGD(lr=0.1).updates(rnn_loss, rnn.params),
+                                          target="interpret")
     counter = bpc.param("counter", np.zeros(3, np.float32))
     graphs["deferred_update"] = bpc.function([logits], counter + 1.0, updates={counter: counter + 1.0},
                                              target="interpret")

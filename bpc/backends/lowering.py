@@ -78,8 +78,12 @@ def dim_expr(d):
 
 def shape_expr(shape, dim=dim_expr):
     """Source for a shape tuple; `dim` writes each size."""
-    return "(" + "".join(dim(d) + ", " for d in shape).rstrip(" ") + ")" if len(shape) != 1 \
-        else f"({dim(shape[0])},)"
+    return tuple_expr([dim(d) for d in shape])
+
+
+def tuple_expr(items):
+    """Source for a tuple of the source texts `items`."""
+    return "(" + "".join(e + ", " for e in items).rstrip(" ") + ")" if len(items) != 1 else f"({items[0]},)"
 
 
 def operand_axes(tshape, shape):

@@ -25,11 +25,12 @@ its name:
   * `pure`: the same inputs give the same value (False for random numbers,
     which the passes never fold or merge);
   * `gather`: for loop members that move elements rather than compute
-    them (slicing and its gradient): `gather(attrs, idx) -> (source index,
-    condition)` maps the loop's index expressions to the element of the
-    input to read, valid where `condition` holds (None: always; elsewhere
-    the value is 0). Such a member has no scalar formula; its input need
-    not have the loop's shape.
+    them (slicing and its gradient): `gather(attrs, idx, num) -> (source
+    index, condition)` maps the loop's index expressions to the element of
+    the input to read, valid where `condition` holds (None: always;
+    elsewhere the value is 0), writing its numbers with `num` (the target's
+    choice: a constant, or a size read at run time). Such a member has no
+    scalar formula; its input need not have the loop's shape.
 """
 from dataclasses import dataclass
 

@@ -54,13 +54,14 @@ def _unslice_numpy(attrs, shape, g):
     return out
 
 
-def _slice_gather(attrs, idx):
-    """Element i of a slice is x[start + step * i] on every axis."""
-    return [i if n is None else _strided(i, s, st)
+def _slice_gather(attrs, idx, num):
+    """Element i of a slice is x[start + step * i] on every axis (`num`
+    writes a number into the source: itself, or a run-time size)."""
+    return [i if n is None else _strided(i, s, st, num)
             for i, s, st, n in zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"])], None
 
 
-def _unslice_gather(attrs, idx):
+def _unslice_gather(attrs, idx, num):
     """Element i of unslice(g) is g[(i - start) / step] where that is a whole
     number in range, else 0."""
     src, conds = [], []
@@ -68,19 +69,20 @@ def _unslice_gather(attrs, idx):
         if n is None:   # a whole (batch) axis
             src.append(i)
             continue
-        q = f"({i} - {s})" if s else i
+        q = f"({i} - {num(s)})" if s else i
         if st == 1:
             src.append(q)
-            conds.append(f"{q} >= 0 and {q} < {n}")
+            conds.append(f"{q} >= 0 and {q} < {num(n)}")
         else:
-            src.append(f"({q} // {st})")
-            conds.append(f"{q} % {st} == 0 and {q} // {st} >= 0 and {q} // {st} < {n}")
+            step = num(st)
+            src.append(f"({q} // {step})")
+            conds.append(f"{q} % {step} == 0 and {q} // {step} >= 0 and {q} // {step} < {num(n)}")
     return src, " and ".join(conds) or None
 
 
-def _strided(i, start, step):
-    term = i if step == 1 else f"{step} * {i}"
-    return term if start == 0 else f"{start} + {term}"
+def _strided(i, start, step, num):
+    term = i if step == 1 else f"{num(step)} * {i}"
+    return term if start == 0 else f"{num(start)} + {term}"
 
 
 # Both run inside the loop kernels that read them (`Op.gather`): a slice is a

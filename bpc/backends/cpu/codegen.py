@@ -8,7 +8,9 @@ addresses and a table of sizes (`runner.py`); its prologue makes an array
 of each address (`carray`, with the shape and dtype the plan gave that
 buffer), then takes the views (transpose, reshape) it reads. Loop kernels
 over activations have their sizes in the source (LLVM unrolls and
-vectorizes short static loops); kernels without loops of their own
+vectorizes short static loops), except sizes before the batch dimension
+(the time axis of time-major sequences), read from the table so that one
+module serves every sequence length; kernels without loops of their own
 (matrix products, copies) and elementwise kernels over whole parameter-
 shaped buffers (optimizer updates, run as one flat loop) read theirs from
 the table (`s0, s1, ...`; size 1 stays in the source, as it decides
@@ -39,7 +41,8 @@ from ...ops.nn import uniform_hash
 from . import blas, conv, indexing
 from .scan import scan_calls
 from ...passes.fuse import scan_step_nodes
-from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, operand_index,
+from ..lowering import (kernel_emitter, typed_const, ScalarContext, Names, dim_expr, shape_expr, tuple_expr,
+                        operand_index,
                         reduced_index, acc_dtype, acc_init, accumulate, acc_final, view_chain)
 
 # No 'nnan'/'ninf' (NaN and Inf must stay observable), and no 'afn' or
@@ -109,6 +112,12 @@ class KernelWriter:
         self.uses_hash = False
         self.uses_blas = False
         self._scratch_count = {}
+        # Loop kernels over time-major stacks (T, N, ...): sizes before the
+        # batch dimension, and those same sizes wherever they appear (the
+        # batch-major input (N, T, ...)), come from the sizes table (`lead`),
+        # so one compiled loop serves every sequence length.
+        self.time_at_run_time = False
+        self.lead_sizes = set()
 
     def array(self, n):
         """A local holding node n's value as an array (its storage, or a view of it)."""
@@ -175,8 +184,21 @@ class KernelWriter:
         self.sizes.append(int(v))
         return f"s{len(self.sizes) - 1}"
 
+    def number(self, v):
+        """Source for an integer read from the sizes table, whatever the
+        kernel's mode (a loop's leading time dimension, a slice's start)."""
+        self.sizes.append(int(v))
+        return f"s{len(self.sizes) - 1}"
+
+    def lead(self, d):
+        """Source for size d, read at run time if it is one of `lead_sizes`."""
+        return self.number(d) if d in self.lead_sizes else self.dim(d)
+
     def shape(self, shape):
-        return shape_expr(shape, self.dim)
+        if not self.time_at_run_time:
+            return shape_expr(shape, self.dim)
+        before = shape.index(None) if None in shape else 0
+        return tuple_expr([self.number(d) if a < before and d != 1 else self.lead(d) for a, d in enumerate(shape)])
 
     def scratch(self, shape, dtype):
         """A local holding a scratch array of symbolic `shape` (None: the
@@ -294,7 +316,9 @@ class Generator:
             if w.flat is not None:
                 w.describe += f" over {w.flat[1:-2]} elements, flat"
             elif k.form == "loop":
-                w.describe += f" over {format_shape(k.shape)}" + (f" reducing axes {k.axes}" if k.axes else "")
+                # (sizes read at run time show as T: the source is the same for every length)
+                shown = tuple("T" if d in w.lead_sizes else d for d in k.shape)
+                w.describe += f" over {format_shape(shown)}" + (f" reducing axes {k.axes}" if k.axes else "")
             self._call(w, k.describe(), k)
         self._copies()
 
@@ -537,7 +561,12 @@ class Generator:
             w.flat = f"({bounds[0]},)"
             index = lambda t: "0" if all(d == 1 for d in t.shape) else "i0"
         else:
-            bounds = [dim_expr(d) for d in shape]
+            # Time-major loops (a static size before the batch's) read those
+            # sizes at run time: sequences of every length share the module.
+            w.time_at_run_time = True
+            if None in shape:
+                w.lead_sizes = {d for d in shape[:shape.index(None)] if d != 1}
+            bounds = [w.lead(d) for d in shape]
             index = lambda t: operand_index(t.shape, shape)
         reductions = [m for m in k.nodes if m.op.iteration == "reduce"]
         ids = {m.id for m in k.nodes}
@@ -563,7 +592,7 @@ class Generator:
                 continue
             name = w.local(m)
             if m.op.gather is not None:   # a read of its input elsewhere (a slice)
-                src, cond = m.op.gather(m.attrs, [f"i{a}" for a in range(len(k.shape))])
+                src, cond = m.op.gather(m.attrs, [f"i{a}" for a in range(len(k.shape))], w.number)
                 value = f"{w.array(m.inputs[0])}[{', '.join(src) or '()'}]"
                 w.emit(f"{name} = {value}" if cond is None else
                        f"{name} = {value} if {cond} else {typed_const(0, m.dtype)}", depth)
