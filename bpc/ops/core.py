@@ -28,8 +28,8 @@ its name:
     them (slicing and its gradient): `gather(attrs, idx, num) -> (source
     index, condition)` maps the loop's index expressions to the element of
     the input to read, valid where `condition` holds (None: always;
-    elsewhere the value is 0), writing its numbers with `num` (the target's
-    choice: a constant, or a size read at run time). Such a member has no
+    elsewhere the value is 0), writing the numbers of axis a with `num(a,
+    v)` (the target's choice: a constant, or a size read at run time). Such a member has no
     scalar formula; its input need not have the loop's shape.
 """
 from dataclasses import dataclass

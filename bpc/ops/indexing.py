@@ -55,28 +55,29 @@ def _unslice_numpy(attrs, shape, g):
 
 
 def _slice_gather(attrs, idx, num):
-    """Element i of a slice is x[start + step * i] on every axis (`num`
-    writes a number into the source: itself, or a run-time size)."""
-    return [i if n is None else _strided(i, s, st, num)
-            for i, s, st, n in zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"])], None
+    """Element i of a slice is x[start + step * i] on every axis (`num(axis,
+    v)` writes number v of an axis into the source: itself, or a size read
+    at run time)."""
+    return [i if n is None else _strided(i, s, st, lambda v, a=a: num(a, v))
+            for a, (i, s, st, n) in enumerate(zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"]))], None
 
 
 def _unslice_gather(attrs, idx, num):
     """Element i of unslice(g) is g[(i - start) / step] where that is a whole
     number in range, else 0."""
     src, conds = [], []
-    for i, s, st, n in zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"]):
+    for a, (i, s, st, n) in enumerate(zip(idx, attrs["starts"], attrs["steps"], attrs["lengths"])):
         if n is None:   # a whole (batch) axis
             src.append(i)
             continue
-        q = f"({i} - {num(s)})" if s else i
+        q = f"({i} - {num(a, s)})" if s else i
         if st == 1:
             src.append(q)
-            conds.append(f"{q} >= 0 and {q} < {num(n)}")
+            conds.append(f"{q} >= 0 and {q} < {num(a, n)}")
         else:
-            step = num(st)
+            step = num(a, st)
             src.append(f"({q} // {step})")
-            conds.append(f"{q} % {step} == 0 and {q} // {step} >= 0 and {q} // {step} < {num(n)}")
+            conds.append(f"{q} % {step} == 0 and {q} // {step} >= 0 and {q} // {step} < {num(a, n)}")
     return src, " and ".join(conds) or None
 
 

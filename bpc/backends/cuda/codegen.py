@@ -330,7 +330,7 @@ class Generator:
                     self.emit(line, depth + rel)
                 continue
             if m.op.gather is not None:   # a read of its input elsewhere (a slice)
-                src, cond = m.op.gather(m.attrs, operand_axes(m.shape, k.shape), str)
+                src, cond = m.op.gather(m.attrs, operand_axes(m.shape, k.shape), lambda a, v: str(v))
                 value = self.read(m.inputs[0], src)
                 self.emit(f"e_{self.names[m]} = {value}" if cond is None else
                           f"e_{self.names[m]} = {value} if {cond} else {typed_const(0, m.dtype)}", depth)
