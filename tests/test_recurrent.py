@@ -226,3 +226,17 @@ def test_layers_name_wrong_inputs():
     with pytest.raises(bpc.ShapeError, match=r"GRU 'enc': the mask must be \(batch, time\) = \(N, 6\)"):
         layer(x, mask=bpc.input("m", (None, SEQ + 1)))
     assert [t.name for t in layer.params] == ["enc_weight_ih", "enc_weight_hh", "enc_bias_ih", "enc_bias_hh"]
+
+
+def test_a_model_predicts_sequences_of_any_length_with_the_same_compiled_kernels():
+    """predict builds one function per input shape; for sequences of 5 and
+    50 steps they run the very same compiled kernels (the step's, and loops
+    that read the length at run time)."""
+    model = nn.Sequential([nn.LSTM(IN, HIDDEN, seed=9), nn.Dense(HIDDEN, 2, seed=10)])
+    rng = np.random.default_rng(11)
+    for steps in (5, 50):
+        X = rng.normal(size=(3, steps, IN)).astype(np.float32)
+        np.testing.assert_allclose(model.predict(X, target="cpu"), model.predict(X, target="interpret"),
+                                   rtol=1e-5, atol=1e-6)
+    fns = [f for (target, shape), f in model._predict_fns.items() if target == "cpu"]
+    assert len(fns) == 2 and fns[0].backend.kernel_sources == fns[1].backend.kernel_sources
