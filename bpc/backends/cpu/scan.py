@@ -5,7 +5,7 @@ A scan kernel of the plan becomes:
   * a setup kernel: the initial carries copied into their entry of the
     carry stacks, the accumulators (a backward scan's weight gradients)
     zeroed;
-  * the step's kernels (its own plan, `passes.fuse.plan_body`), emitted
+  * the step's kernels (its own plan, `passes.fuse.plan_step`), emitted
     like any others, then listed T times in the call table. Each step's
     copy of the table entries points the step's inputs and outputs at that
     step's slice of the time-major stacks (entry = stack address + byte
@@ -17,7 +17,6 @@ The step's intermediates get workspace arrays of their own; its closures
 them.
 """
 import math
-
 
 from ...errors import CompileError
 

@@ -4,7 +4,7 @@ time step.
 A scan kernel of the plan becomes launches of:
   * setup kernels: each initial carry copied into its entry of the carry
     stack, each accumulator (a backward scan's weight gradients) zeroed;
-  * the step's kernels (its own plan, `passes.fuse.plan_body`), generated
+  * the step's kernels (its own plan, `passes.fuse.plan_step`), generated
     like any others, their arrays named after the step's placeholders
     ("ports"). The backend binds each step's launches to that step's
     slices of the time-major stacks (views of the device buffers: no
