@@ -20,6 +20,6 @@ from .function import function, Function, TARGETS
 from .dot import to_dot, to_text
 from .check import check_grad
 from .backends.threads import set_num_threads, get_num_threads
-from . import optim, nn, data, metrics, checkpoint
+from . import optim, nn, data, metrics, checkpoint, distributed
 from .train import fit, plot_history
 from .checkpoint import save as save_checkpoint, load as load_checkpoint
