@@ -72,7 +72,29 @@ def to_graph(outputs, values=None, grads=None, groups=None):
         g.add_node(n.id, **attrs)
         for pos, i in enumerate(n.inputs):
             g.add_edge(i.id, n.id, pos=pos)
+        if n.op is not None and n.op.name == "scan":
+            _add_step(g, n)
     return g
+
+
+def _add_step(g, scan):
+    """The step of a scan node as a cluster of its own: its placeholders,
+    ops and results, each result drawn into the scan node (dashed)."""
+    body = scan.attrs["body"]
+    title = (f"step of {scan.name}, run {scan.attrs['length']} times" + (" in reverse" if scan.attrs["reverse"] else "")
+             + (" (derived by bpc.grad)" if scan.origin == "grad" else ""))
+    for n in topo_sort(body.roots + body.inputs):
+        if n.id in g:
+            continue
+        role = n.kind if n.op is None else n.origin
+        label = (n.name if n.op is None else f"{n.op.name}\\n{n.name}") + f"\\n{type_str(n)}"
+        if n.kind == "constant" and n._value.size <= 4:
+            label = _short_value(n._value) + f"\\n{type_str(n)}"
+        g.add_node(n.id, tensor=n, label=label, role=role, output=False, step=title)
+        for pos, i in enumerate(n.inputs):
+            g.add_edge(i.id, n.id, pos=pos)
+    for r in body.roots:
+        g.add_edge(r.id, scan.id, pos=None, step_result=True)
 
 
 def _node_line(nid, a):
@@ -95,7 +117,9 @@ def dot_text(g, title=None):
         lines.append(f'  labelloc=t; label="{title}";')
     clusters = {}
     for nid, a in g.nodes(data=True):
-        if "group" in a:
+        if "step" in a:
+            key = ("step", a["step"])
+        elif "group" in a:
             key = ("kernel", a["group"])
         elif a["role"] == "grad":
             key = ("backward", "backward")
@@ -108,15 +132,15 @@ def dot_text(g, title=None):
             lines.extend(body)
             continue
         kind, name = key
-        cid = "backward" if kind == "backward" else "k_" + "".join(c if c.isalnum() else "_" for c in name)
-        title = "backward (derived by bpc.grad)" if kind == "backward" else f"fused kernel {name}"
-        color = "#b91c1c" if kind == "backward" else "#1d4ed8"
+        cid = "backward" if kind == "backward" else kind[0] + "_" + "".join(c if c.isalnum() else "_" for c in name)
+        title = {"backward": "backward (derived by bpc.grad)", "kernel": f"fused kernel {name}", "step": name}[kind]
+        color = {"backward": "#b91c1c", "kernel": "#1d4ed8", "step": "#047857"}[kind]
         lines.append(f"  subgraph cluster_{cid} {{")
         lines.append(f'    label="{title}"; color="{color}"; fontcolor="{color}"; style=dashed;')
         lines.extend("  " + b for b in body)
         lines.append("  }")
     for u, v, a in g.edges(data=True):
-        lines.append(f"  n{u} -> n{v};")
+        lines.append(f"  n{u} -> n{v}" + (" [style=dashed];" if a.get("step_result") else ";"))
     lines.append("}")
     return "\n".join(lines) + "\n"
 

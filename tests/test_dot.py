@@ -59,6 +59,28 @@ def test_to_dot_parses_and_clusters_the_backward_graph(tmp_path):
     assert len(graph.get_edge_list()) == sum(len(n.inputs) for n in nodes)
 
 
+def test_to_dot_draws_each_scans_step_as_a_cluster():
+    """A scan's step (and its gradient's, a reverse scan) is drawn as a
+    cluster of its own holding exactly the step's nodes, its results drawn
+    into the scan node (dashed edges)."""
+    x = bpc.input("x", (None, 5, 4))
+    rnn = bpc.nn.SimpleRNN(4, 3, seed=0)
+    loss = bpc.mean(rnn(x) ** 2)
+    grads = bpc.grad(loss, rnn.params)
+    graph = parse(bpc.to_dot([loss, *grads]))
+    steps = {s.get_label().strip('"'): s for s in graph.get_subgraph_list() if s.get_name().startswith("cluster_s_")}
+    scans = [n for n in topo_sort([loss, *grads]) if n.op is not None and n.op.name == "scan"]
+    assert len(steps) == len(scans) == 2
+    for scan in scans:
+        body = scan.attrs["body"]
+        title = f"step of {scan.name}, run 5 times" + (" in reverse" if scan.attrs["reverse"] else "") + (
+            " (derived by bpc.grad)" if scan.origin == "grad" else "")
+        ops_and_placeholders = {f"n{n.id}" for n in topo_sort(body.roots + body.inputs) if n.kind != "constant"}
+        assert ops_and_placeholders and ops_and_placeholders <= node_ids(steps[title])
+        dashed = [e for e in graph.get_edge_list() if e.get_destination() == f"n{scan.id}" and e.get("style")]
+        assert len(dashed) == len(body.roots)
+
+
 def test_to_dot_styles_inputs_params_and_outputs_differently():
     """Inputs, params, forward ops and derived ops each look different;
     outputs get a double border; labels carry the typed shape."""
