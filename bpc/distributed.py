@@ -16,6 +16,8 @@ brings mpi4py and an MPI runtime). On several machines, list them in a host
 file: `mpiexec -n 4 -f hosts python train.py` (MPICH), every machine with
 the same Python environment and script.
 """
+import sys
+
 import numpy as np
 
 from .graph.tensor import Tensor, input as new_input
@@ -54,6 +56,24 @@ def shard(*arrays, comm=None):
     return out if len(out) > 1 else out[0]
 
 
+def abort_on_uncaught_exceptions(comm=None):
+    """Make an exception that ends this rank abort every rank: the others
+    would otherwise wait in their next Allreduce forever. (A rank that is
+    killed outright is ended for all by `mpiexec` itself.)"""
+    comm = comm or mpi().COMM_WORLD
+    previous = sys.excepthook
+    if getattr(previous, "bpc_aborts", False) or comm.Get_size() == 1:
+        return
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        sys.stderr.write(f"bpc.distributed: rank {comm.Get_rank()} failed; aborting all {comm.Get_size()} ranks\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+    hook.bpc_aborts = True
+    sys.excepthook = hook
+
+
 def broadcast(tensors, root=0, comm=None):
     """Give every rank the values of params/state `tensors` on rank `root`."""
     comm = comm or mpi().COMM_WORLD
@@ -72,7 +92,8 @@ class DataParallel:
     (target as in `bpc.function`): the loss and every gradient written into
     one flat buffer, then the optimizer's update from the summed buffer.
     Building it broadcasts the params and the optimizer's state from rank 0,
-    so every rank starts from the same values. `step(*shard)` returns the
+    so every rank starts from the same values, and makes an uncaught exception
+    on any rank abort them all (`abort_on_uncaught_exceptions`). `step(*shard)` returns the
     global batch's mean loss (the same on every rank) and the extra
     `outputs` of this rank's rows."""
 
@@ -100,6 +121,7 @@ class DataParallel:
         self._buffer = np.empty(self.size + 2, dtype=dtype)
         state = [t for t, _ in updates.items() if t.kind == "state"] if isinstance(updates, dict) else []
         broadcast(self.params + state, comm=self.comm)
+        abort_on_uncaught_exceptions(self.comm)
 
     def __call__(self, *shard_arrays):
         MPI = mpi()
@@ -116,4 +138,4 @@ class DataParallel:
         return (buf[self.size + 1] / total, *outputs)
 
 
-__all__ = ["DataParallel", "mpi", "rank", "size", "shard", "broadcast", "INSTALL"]
+__all__ = ["DataParallel", "mpi", "rank", "size", "shard", "broadcast", "abort_on_uncaught_exceptions", "INSTALL"]

@@ -62,6 +62,41 @@ def test_two_ranks_take_the_steps_of_one_process(tmp_path, dtype, rtol):
     assert one["losses"][-1] < one["losses"][0]
 
 
+FAILING = textwrap.dedent("""
+    import os, signal, sys, time
+    import numpy as np
+    import bpc
+    from bpc import distributed as dist
+    x, y = bpc.input("x", (None, 4)), bpc.input("y", (None,), "int64")
+    model = bpc.nn.Dense(4, 3, seed=0)
+    step = dist.DataParallel([x, y], bpc.softmax_cross_entropy(model(x), y), model.params, bpc.optim.SGD(0.1),
+                             target="interpret")
+    rng = np.random.default_rng(0)
+    for i in range(100000):
+        if i == 3 and dist.rank() == 1:
+            if sys.argv[1] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("rank 1 failed on purpose")
+        step(*dist.shard(rng.normal(size=(8, 4)), rng.integers(0, 3, 8)))
+        time.sleep(0.01)
+""")
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_every_rank(tmp_path, how):
+    """A rank that raises (bpc aborts the communicator) or is killed
+    (mpiexec ends the job) does not leave the other waiting in its next
+    Allreduce: the whole run ends with an error, well within 30 s."""
+    runner = _mpiexec()
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    done = subprocess.run([runner, "-n", "2", sys.executable, str(script), how], capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, BPC_CACHE_DIR=str(tmp_path / "cache")))
+    assert done.returncode != 0
+    if how == "raise":
+        assert "rank 1 failed on purpose" in done.stderr and "aborting all 2 ranks" in done.stderr
+
+
 def test_shards_cover_the_batch_in_rank_order():
     pytest.importorskip("mpi4py")
 
