@@ -134,8 +134,9 @@ class DataParallel:
         buf[self.size + 1] = float(loss) * rows
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         total = buf[self.size]
-        self._update(buf[:self.size] / total)
-        return (buf[self.size + 1] / total, *outputs)
+        buf /= total                      # the mean gradient and the mean loss, in place
+        self._update(buf[:self.size])
+        return (buf[self.size + 1], *outputs)
 
 
 __all__ = ["DataParallel", "mpi", "rank", "size", "shard", "broadcast", "abort_on_uncaught_exceptions", "INSTALL"]

@@ -141,6 +141,11 @@ class Function:
             new_outs, new_updates, report = run_passes(outs, update_pairs)
         else:
             new_outs, new_updates, report = outs, update_pairs, [("input", len(topo_sort(roots)))]
+        # One node per result of each scan (CSE merges them too; unoptimized
+        # graphs can hold several, and the planner gives each result one buffer).
+        from .ops.scan import merge_scan_results
+        merged = merge_scan_results(new_outs + [v for _, v in new_updates])
+        new_outs, new_updates = merged[:len(new_outs)], [(t, v) for (t, _), v in zip(new_updates, merged[len(new_outs):])]
         self.program = Program(self.inputs, new_outs, new_updates, name=name, report=report)
         self._batched = [i for i, t in enumerate(self.inputs) if None in t.shape]
         if any(None in n.shape for n in topo_sort(roots)) and not self._batched:

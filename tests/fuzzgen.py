@@ -621,6 +621,33 @@ class _Builder:
         self.notes.append("stack")
         return self.add(bpc.stack([a, a * 0.5], axis=int(self.rng.integers(0, a.ndim + 1))), self.b(a))
 
+    def op_scan(self):
+        """A loop over a static axis of a value: a carry mixed with each
+        slice and a weight (a closure), forward or reverse, its final carry
+        and its stacked outputs (one of them a second output, or none)."""
+        a = self.tame(self.operand())
+        statics = [i for i, d in enumerate(a.shape) if d is not None and 1 < d <= 6]
+        if not statics:
+            raise _Skip()
+        axis = self.pick(statics)
+        per = a.shape[:axis] + a.shape[axis + 1:]
+        w = self.new_param(tuple(1 if d is None else d for d in per), scale=0.5)
+        init = a[(slice(None),) * axis + (0,)] * 0.3
+        form = self.pick(["one", "two", "none"])
+
+        def step(c, x):
+            h = bpc.tanh(c * 0.5 + x * w)
+            return h, (h * 2.0 if form == "one" else (h, bpc.sum(h * x)) if form == "two" else None)
+        self.notes.append("scan")
+        carry, ys = bpc.scan(step, init, a, axis=axis, reverse=self.chance(0.4))
+        self.add(carry, 1.0)
+        if form == "one":
+            return self.add(ys, 2.0)
+        if form == "two":
+            self.add(ys[0], 1.0)
+            return self.add(ys[1], 1.0 * max(1, _size(per)) * self.b(a))
+        return carry
+
     def op_softmax(self):
         a = self.operand()
         if a.ndim == 0:
@@ -705,7 +732,7 @@ class _Builder:
 
     OPS = [("unary", 24), ("binary", 26), ("compare", 8), ("reduce", 14), ("view", 14),
            ("matmul", 9), ("bmm", 3), ("index", 5), ("softmax", 2), ("cast", 2), ("int", 2), ("fanout", 5),
-           ("reduce_twice", 4)]
+           ("reduce_twice", 4), ("scan", 2)]
 
     def grow(self, n_ops):
         names, weights = zip(*self.OPS)

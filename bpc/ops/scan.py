@@ -243,6 +243,20 @@ scan_out = Op("scan_out", "other", _out_infer, lambda attrs, shape, results: res
               kernel="scan_out", doc="Result `index` of a scan node.")
 
 
+def merge_scan_results(roots):
+    """The graph of `roots` with one scan_out node per (scan, index): a
+    scan's result taken twice (the forward graph's and its gradient's) is
+    one node. Nodes that do not change keep their identity."""
+    seen = {}
+
+    def rewrite(n, inputs):
+        n = _copy_node(n, inputs)
+        if n.op is scan_out:
+            return seen.setdefault((n.inputs[0].id, n.attrs["index"]), n)
+        return n
+    return rebuild(roots, rewrite)[0]
+
+
 def is_multi_output(n):
     return n.op is _scan
 
