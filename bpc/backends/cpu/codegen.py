@@ -179,10 +179,7 @@ class KernelWriter:
         an offset): itself, or (with sizes_at_run_time) the next entry of the
         sizes table, so kernels that differ only in such numbers share one
         compiled module."""
-        if not self.sizes_at_run_time:
-            return str(v)
-        self.sizes.append(int(v))
-        return f"s{len(self.sizes) - 1}"
+        return self.number(v) if self.sizes_at_run_time else str(v)
 
     def number(self, v):
         """Source for an integer read from the sizes table, whatever the
